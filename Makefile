@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_TASKS := general_english,factual_qa,plain_english
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# Torch first: on a CPU machine the CPU build (on this disk) before anything pulls a multi-GB CUDA build.
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	else $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q -e '.[dev,quant]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/harness run --tasks $(DEMO_TASKS)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy harness tasks judges adapters reports
+
+clean:
+	rm -rf $(VENV) runs

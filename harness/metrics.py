@@ -1,0 +1,172 @@
+"""Built-in metrics: pure per-sample functions plus corpus aggregations.
+
+Generation metrics take `(prediction, references, **options)`; perplexity metrics take the per-sample
+log-likelihood statistics the model produced. Corpus metrics (BLEU, chrF) aggregate over the corpus through
+sacrebleu instead of averaging sentence scores; perplexity is token-weighted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from functools import lru_cache
+
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from harness.registry import SampleStats, metric
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_text(
+    text: str, *, ignore_case: bool = True, ignore_punctuation: bool = True, ignore_articles: bool = True
+) -> str:
+    """SQuAD-style answer normalisation; each step can be switched off. Whitespace is always collapsed."""
+    if ignore_case:
+        text = text.lower()
+    if ignore_punctuation:
+        text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    if ignore_articles:
+        text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+@metric("exact_match", description="1 if the normalised prediction equals a normalised reference")
+def exact_match(
+    prediction: str,
+    references: Sequence[str],
+    ignore_case: bool = True,
+    ignore_punctuation: bool = True,
+    ignore_articles: bool = True,
+) -> float:
+    options = {
+        "ignore_case": ignore_case,
+        "ignore_punctuation": ignore_punctuation,
+        "ignore_articles": ignore_articles,
+    }
+    predicted = normalize_text(prediction, **options)
+    return float(any(predicted == normalize_text(ref, **options) for ref in references))
+
+
+def _token_f1(prediction: str, reference: str) -> float:
+    predicted_tokens = normalize_text(prediction).split()
+    reference_tokens = normalize_text(reference).split()
+    if not predicted_tokens or not reference_tokens:
+        # SQuAD convention: two empty answers agree, an empty and a non-empty one do not.
+        return float(predicted_tokens == reference_tokens)
+    common = Counter(predicted_tokens) & Counter(reference_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(predicted_tokens)
+    recall = overlap / len(reference_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+@metric("f1", description="SQuAD token F1 against the best-matching reference")
+def token_f1(prediction: str, references: Sequence[str]) -> float:
+    return max(_token_f1(prediction, ref) for ref in references)
+
+
+def _transpose(references: Sequence[Sequence[str]]) -> list[list[str]]:
+    """sacrebleu wants one stream per reference position; samples may carry different counts."""
+    width = max(len(refs) for refs in references)
+    return [[refs[i] if i < len(refs) else "" for refs in references] for i in range(width)]
+
+
+@lru_cache(maxsize=16)
+def _bleu(tokenize: str, lowercase: bool) -> sacrebleu.BLEU:
+    return sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase, effective_order=True)
+
+
+@lru_cache(maxsize=16)
+def _chrf(word_order: int) -> sacrebleu.CHRF:
+    return sacrebleu.CHRF(word_order=word_order)
+
+
+def corpus_bleu(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], tokenize: str = "13a", lowercase: bool = False
+) -> dict[str, float]:
+    scorer = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
+    return {"bleu": scorer.corpus_score(list(predictions), _transpose(references)).score}
+
+
+def bleu_signature(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], tokenize: str = "13a", lowercase: bool = False
+) -> str:
+    scorer = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
+    scorer.corpus_score(list(predictions), _transpose(references))  # the signature names the reference count
+    return str(scorer.get_signature())
+
+
+@metric(
+    "bleu",
+    corpus=corpus_bleu,
+    signature=bleu_signature,
+    description="sacrebleu corpus BLEU (per-sample: sentence BLEU with effective order)",
+)
+def sentence_bleu(prediction: str, references: Sequence[str], tokenize: str = "13a", lowercase: bool = False) -> float:
+    return _bleu(tokenize, lowercase).sentence_score(prediction, list(references)).score
+
+
+def corpus_chrf(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], word_order: int = 0
+) -> dict[str, float]:
+    scorer = sacrebleu.CHRF(word_order=word_order)
+    return {"chrf": scorer.corpus_score(list(predictions), _transpose(references)).score}
+
+
+def chrf_signature(predictions: Sequence[str], references: Sequence[Sequence[str]], word_order: int = 0) -> str:
+    scorer = sacrebleu.CHRF(word_order=word_order)
+    scorer.corpus_score(list(predictions), _transpose(references))
+    return str(scorer.get_signature())
+
+
+@metric("chrf", corpus=corpus_chrf, signature=chrf_signature, description="sacrebleu corpus chrF (word_order=2: chrF++)")
+def sentence_chrf(prediction: str, references: Sequence[str], word_order: int = 0) -> float:
+    return _chrf(word_order).sentence_score(prediction, list(references)).score
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+@lru_cache(maxsize=4)
+def _rouge_scorer(use_stemmer: bool) -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+
+
+@metric("rouge", keys=ROUGE_TYPES, description="rouge-score F-measure, best reference, mean over samples")
+def rouge(prediction: str, references: Sequence[str], use_stemmer: bool = True) -> dict[str, float]:
+    scores = _rouge_scorer(use_stemmer).score_multi(list(references), prediction)
+    return {name: scores[name].fmeasure for name in ROUGE_TYPES}
+
+
+def corpus_perplexity(stats: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Token-weighted: exp(total NLL / total tokens), and bits per UTF-8 byte of the scored text."""
+    nll_sum = sum(s["nll"] for s in stats)
+    token_count = sum(s["tokens"] for s in stats)
+    byte_count = sum(s["bytes"] for s in stats)
+    return {
+        "perplexity": math.exp(nll_sum / token_count) if token_count else math.nan,
+        "bits_per_byte": nll_sum / (math.log(2) * byte_count) if byte_count else math.nan,
+        "nll_sum": nll_sum,
+        "token_count": token_count,
+    }
+
+
+@metric(
+    "perplexity",
+    kind="perplexity",
+    higher_is_better=False,
+    keys=("perplexity", "bits_per_byte"),
+    info_keys=("nll_sum", "token_count"),
+    aggregate=corpus_perplexity,
+    description="token-weighted perplexity and bits per byte, rolling windows past the context",
+)
+def perplexity(stats: SampleStats) -> dict[str, float]:
+    return {"nll": stats.nll, "tokens": float(stats.tokens), "bytes": float(stats.bytes)}

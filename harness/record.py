@@ -1,0 +1,101 @@
+"""RunResult: the typed, versioned record every downstream step (compare, gate, reports) reads.
+
+Written atomically: a temp file in the same folder, fsync, rename. A reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+
+class MetricValue(BaseModel):
+    value: float
+    stderr: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    higher_is_better: bool | None = None  # None: informational (a count or a sum), not a score
+    metric: str
+    signature: str | None = None
+
+
+class SampleRecord(BaseModel):
+    id: str
+    prompt: str
+    output: str | None = None
+    references: list[str] = Field(default_factory=list)
+    scores: dict[str, float] = Field(default_factory=dict)
+    cached: bool = False
+
+
+class TaskRunSpec(BaseModel):
+    name: str
+    version: int
+    kind: str
+    fingerprint: str
+    data_fingerprint: str
+    data_path: str
+    config: dict[str, Any]
+
+
+class ModelRunSpec(BaseModel):
+    name: str
+    checkpoint: str
+    fingerprint: str
+    base_fingerprint: str
+    adapter_path: str | None = None
+    adapter_fingerprint: str | None = None
+    dtype: str
+    device: str
+    quant: str
+
+
+class RunSpec(BaseModel):
+    model: ModelRunSpec
+    tasks: list[TaskRunSpec]
+    limit: int | None = None
+    seed: int
+    harness_version: str
+    git_sha: str | None = None
+
+
+class TaskResult(BaseModel):
+    task: str
+    n_samples: int
+    n_cached: int
+    metrics: dict[str, MetricValue]
+    samples: list[SampleRecord]
+
+
+class RunResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    created_at: datetime
+    spec: RunSpec
+    wall_seconds: float
+    tasks: dict[str, TaskResult]
+
+    def write(self, path: Path) -> Path:
+        """Write atomically as JSON; returns the path."""
+        write_atomic(path, self.model_dump_json(indent=2))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> RunResult:
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp_path.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp_path, path)

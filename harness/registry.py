@@ -1,0 +1,201 @@
+"""The one registry: metrics, judges and Python tasks register by decorator; YAML tasks are found on a path.
+
+Nothing else in the project lists tasks or metrics by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.taskspec import TaskSpec
+
+TaskKind = Literal["generate", "perplexity"]
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    """Log-likelihood of one scored text: summed NLL (nats), scored tokens, UTF-8 bytes of the text."""
+
+    nll: float
+    tokens: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A registered metric: a pure per-sample function and how its scores aggregate over a corpus."""
+
+    name: str
+    fn: Callable[..., float | dict[str, float]]
+    kind: TaskKind = "generate"
+    higher_is_better: bool = True
+    keys: tuple[str, ...] = ()
+    info_keys: tuple[str, ...] = ()
+    corpus: Callable[..., dict[str, float]] | None = None
+    aggregate_scores: Callable[[Sequence[dict[str, float]]], dict[str, float]] | None = None
+    signature: Callable[..., str] | None = None
+    description: str = ""
+
+    def score(
+        self,
+        options: dict[str, Any],
+        prediction: str = "",
+        references: Sequence[str] = (),
+        stats: SampleStats | None = None,
+    ) -> dict[str, float]:
+        """Per-sample scores, keyed by score name."""
+        value = self.fn(stats, **options) if self.kind == "perplexity" else self.fn(prediction, references, **options)
+        return value if isinstance(value, dict) else {self.name: float(value)}
+
+    def aggregate(
+        self,
+        options: dict[str, Any],
+        sample_scores: Sequence[dict[str, float]],
+        predictions: Sequence[str],
+        references: Sequence[Sequence[str]],
+    ) -> dict[str, float]:
+        """Corpus value(s): the corpus function if the metric has one, else the mean of each key."""
+        if self.corpus is not None:
+            return self.corpus(predictions, references, **options)
+        if self.aggregate_scores is not None:
+            return self.aggregate_scores(sample_scores)
+        return {
+            key: math.fsum(s[key] for s in sample_scores) / len(sample_scores) if sample_scores else math.nan
+            for key in self.keys
+        }
+
+
+@dataclass
+class _Registry:
+    metrics: dict[str, MetricDef] = field(default_factory=dict)
+    python_tasks: dict[str, Callable[[], TaskSpec]] = field(default_factory=dict)
+    judges: dict[str, Any] = field(default_factory=dict)
+    loaded_builtins: bool = False
+
+
+_REGISTRY = _Registry()
+
+
+def metric(
+    name: str,
+    *,
+    kind: TaskKind = "generate",
+    higher_is_better: bool = True,
+    keys: Sequence[str] | None = None,
+    info_keys: Sequence[str] = (),
+    corpus: Callable[..., dict[str, float]] | None = None,
+    aggregate: Callable[[Sequence[dict[str, float]]], dict[str, float]] | None = None,
+    signature: Callable[..., str] | None = None,
+    description: str = "",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a per-sample metric function under `name`.
+
+    `keys` are the reported corpus values (default: just `name`); `corpus` computes them from all predictions
+    and references at once (BLEU); `aggregate` from the per-sample score dicts (perplexity); else they are means.
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY.metrics and _REGISTRY.metrics[name].fn is not fn:
+            raise ValueError(f"metric '{name}' is registered twice")
+        _REGISTRY.metrics[name] = MetricDef(
+            name=name,
+            fn=fn,
+            kind=kind,
+            higher_is_better=higher_is_better,
+            keys=tuple(keys) if keys else (name,),
+            info_keys=tuple(info_keys),
+            corpus=corpus,
+            aggregate_scores=aggregate,
+            signature=signature,
+            description=description or (fn.__doc__ or "").strip().split("\n")[0],
+        )
+        return fn
+
+    return register
+
+
+def task(name: str) -> Callable[[Callable[[], TaskSpec]], Callable[[], TaskSpec]]:
+    """Register a Python task: a function that returns a `TaskSpec` (for anything YAML can't say)."""
+
+    def register(fn: Callable[[], TaskSpec]) -> Callable[[], TaskSpec]:
+        _REGISTRY.python_tasks[name] = fn
+        return fn
+
+    return register
+
+
+def _load_builtins() -> None:
+    if _REGISTRY.loaded_builtins:
+        return
+    _REGISTRY.loaded_builtins = True
+    importlib.import_module("harness.metrics")
+    for module_path in sorted(builtin_task_dir().glob("*.py")):
+        if module_path.stem != "__init__":
+            importlib.import_module(f"tasks.{module_path.stem}")
+
+
+def builtin_task_dir() -> Path:
+    import tasks
+
+    return Path(tasks.__file__).parent
+
+
+def get_metric(name: str, *, path: Path | None = None, field_name: str = "metrics") -> MetricDef:
+    """The metric registered as `name`; an unknown name is a user error that lists the known ones."""
+    _load_builtins()
+    if name not in _REGISTRY.metrics:
+        known = ", ".join(sorted(_REGISTRY.metrics))
+        raise HarnessError(f"unknown metric '{name}'", path=path, field=field_name, hint=f"known metrics: {known}")
+    return _REGISTRY.metrics[name]
+
+
+def all_metrics() -> dict[str, MetricDef]:
+    _load_builtins()
+    return dict(_REGISTRY.metrics)
+
+
+def _import_user_module(module_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(f"harness_user_tasks.{module_path.stem}", module_path)
+    if spec is None or spec.loader is None:
+        raise HarnessError("cannot import task module", path=module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+def find_tasks(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskSpec]:
+    """Every task: YAML files in `tasks/` and in `extra_dirs`, plus the `@task` functions. Later dirs win."""
+    from harness.taskspec import load_task_file
+
+    _load_builtins()
+    found: dict[str, TaskSpec] = {}
+    for task_dir in [builtin_task_dir(), *extra_dirs]:
+        if not task_dir.is_dir():
+            raise HarnessError("task folder does not exist", path=task_dir, field="--tasks-dir")
+        for module_path in sorted(task_dir.glob("*.py")) if task_dir != builtin_task_dir() else []:
+            _import_user_module(module_path)
+        for yaml_path in sorted([*task_dir.glob("*.yaml"), *task_dir.glob("*.yml")]):
+            spec = load_task_file(yaml_path)
+            found[spec.name] = spec
+    for name, build in _REGISTRY.python_tasks.items():
+        found[name] = build()
+    return found
+
+
+def get_tasks(names: Sequence[str], extra_dirs: Iterable[Path] = ()) -> list[TaskSpec]:
+    """The named tasks in order; an unknown name is a user error listing the known ones."""
+    known = find_tasks(extra_dirs)
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise HarnessError(
+            f"unknown task(s): {', '.join(missing)}", field="--tasks", hint=f"known tasks: {', '.join(sorted(known))}"
+        )
+    return [known[name] for name in names]

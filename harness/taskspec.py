@@ -1,0 +1,157 @@
+"""Task specifications: the pydantic model behind a task YAML, and loading it with errors that name the field.
+
+A YAML task:
+
+    name: factual_qa
+    description: Short factual questions
+    kind: generate                 # or perplexity
+    data: data/factual_qa.jsonl    # JSONL, CSV, parquet or a saved HF dataset dir; relative to this file
+    template: "Q: {{ question }}\\nA:"
+    reference_field: answers       # a string or a list of strings per row
+    metrics: [exact_match, f1]     # or {name: rouge, options: {use_stemmer: true}}
+    generation: {max_new_tokens: 16, stop: ["\\n"]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import HarnessError
+from harness.fingerprint import hash_json
+
+DataFormat = Literal["auto", "jsonl", "csv", "parquet", "hf_disk"]
+
+
+class GenerationConfig(BaseModel):
+    """Decoding settings. temperature 0 means greedy; otherwise sampling seeded by `seed`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(32, gt=0, le=4096)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int = 0
+
+
+class MetricConfig(BaseModel):
+    """A metric by registered name, with keyword options for its function."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PerplexityConfig(BaseModel):
+    """Rolling-window settings: windows of `max_length` tokens advancing by `stride`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_length: int = Field(1024, gt=1)
+    stride: int = Field(512, gt=0)
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> PerplexityConfig:
+        if self.stride > self.max_length:
+            raise ValueError("stride must not exceed max_length")
+        return self
+
+
+class TaskSpec(BaseModel):
+    """One evaluation task: data, prompt, kind, scorers and decoding settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    version: int = 1
+    kind: Literal["generate", "perplexity"]
+    data: Path
+    data_format: DataFormat = "auto"
+    id_field: str | None = None
+    template: str = "{{ text }}"
+    reference_field: str | None = None
+    chat_template: bool = False
+    fewshot: list[dict[str, Any]] = Field(default_factory=list)
+    fewshot_separator: str = "\n\n"
+    target_delimiter: str = " "  # between a few-shot prompt and its answer
+    metrics: list[MetricConfig] = Field(min_length=1)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _generate_needs_reference(self) -> TaskSpec:
+        if self.kind == "generate" and not self.reference_field:
+            raise ValueError("a generate task needs reference_field")
+        return self
+
+    def fingerprint(self, data_fingerprint: str) -> str:
+        """Task identity: data content, template, metric config, decoding settings, version."""
+        return hash_json({"spec": self.model_dump(mode="json", exclude={"description", "data"}), "data": data_fingerprint})
+
+
+def _line_of(node: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
+    """1-based line in the YAML source of the value at a pydantic error location (best effort)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in location:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            match = node.value[key]
+        else:
+            match = None
+        if match is None:
+            break
+        node, line = match, match.start_mark.line + 1
+    return line
+
+
+def load_task_file(path: Path) -> TaskSpec:
+    """Parse and validate one task YAML; errors name the file, line and field."""
+    from harness.registry import get_metric
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise HarnessError(f"cannot read task file: {error}", path=path) from None
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise HarnessError(f"malformed YAML: {getattr(error, 'problem', error)}", path=path,
+                           line=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise HarnessError("a task file must be a mapping of fields", path=path, line=1)
+    raw.setdefault("name", path.stem)
+    try:
+        spec = TaskSpec.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = tuple(first["loc"])
+        field = ".".join(str(part) for part in location) or None
+        raise HarnessError(first["msg"], path=path, line=_line_of(root, location), field=field) from None
+    data_path = spec.data if spec.data.is_absolute() else path.parent / spec.data
+    spec = spec.model_copy(update={"data": data_path, "source": path})
+    for index, metric_config in enumerate(spec.metrics):
+        metric_def = get_metric(metric_config.name, path=path, field_name=f"metrics.{index}")
+        if metric_def.kind != spec.kind:
+            raise HarnessError(
+                f"metric '{metric_def.name}' scores {metric_def.kind} tasks, not {spec.kind} tasks",
+                path=path, line=_line_of(root, ("metrics", index)), field=f"metrics.{index}",
+            )
+    return spec

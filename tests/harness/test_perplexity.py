@@ -1,0 +1,81 @@
+"""Perplexity on the real embedded Gemma against a plain PyTorch computation (full logits, cross-entropy)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.compute import encode_for_scoring, loglikelihood_rolling, rolling_windows
+from harness.models import LoadedModel
+
+TEXTS = [
+    "The kettle clicked off just as the rain began.",
+    "Bicycles are among the most efficient machines ever built, converting effort into motion.",
+    "Tides are caused mainly by the gravitational pull of the moon.",
+    "A short one.",
+    "Maps are always simplifications: a map of the underground shows stations evenly spaced along lines.",
+    "Sleep is not a passive state; the brain cycles through several stages during the night.",
+    "Honeybees dance.",
+    "Good teachers rarely give the answer straight away, they ask a question that points the right way.",
+    "Ünïcödé text — with dashes, “quotes” and emoji 🙂 counts bytes, not characters.",
+]
+
+
+@torch.inference_mode()
+def plain_nll(gemma: LoadedModel, token_ids: list[int]) -> float:
+    """Reference: one forward pass with full logits, summed cross-entropy of every token after the first."""
+    ids = torch.tensor([token_ids])
+    logits = gemma.model(input_ids=ids).logits[0, :-1].double()
+    return float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+
+
+@torch.inference_mode()
+def plain_rolling_nll(gemma: LoadedModel, token_ids: list[int], max_length: int, stride: int) -> float:
+    """Reference for texts past the context: the documented HF sliding-window loop, one window at a time."""
+    total, scored_until = 0.0, 1
+    for begin in range(0, len(token_ids), stride):
+        end = min(begin + max_length, len(token_ids))
+        ids = torch.tensor([token_ids[begin:end]])
+        logits = gemma.model(input_ids=ids).logits[0, :-1].double()
+        losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+        total += float(losses[scored_until - begin - 1 :].sum())
+        scored_until = end
+        if end == len(token_ids):
+            break
+    return total
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_perplexity_equals_plain_pytorch(gemma: LoadedModel, batch_size: int) -> None:
+    ours = loglikelihood_rolling(gemma, TEXTS, max_length=1024, stride=512, batch_size=batch_size)
+    for text, stats in zip(TEXTS, ours, strict=True):
+        token_ids = encode_for_scoring(gemma, text)
+        assert stats.tokens == len(token_ids) - 1
+        assert stats.bytes == len(text.encode("utf-8"))
+        assert stats.nll == pytest.approx(plain_nll(gemma, token_ids), rel=1e-5)
+
+
+def test_exactly_one_bos(gemma: LoadedModel) -> None:
+    token_ids = encode_for_scoring(gemma, TEXTS[0])
+    assert token_ids[0] == gemma.tokenizer.bos_token_id
+    assert token_ids.count(gemma.tokenizer.bos_token_id) == 1
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_rolling_windows_equal_plain_sliding_window_loop(gemma: LoadedModel, batch_size: int) -> None:
+    long_texts = [" ".join(TEXTS), " ".join(reversed(TEXTS))]
+    ours = loglikelihood_rolling(gemma, long_texts, max_length=48, stride=20, batch_size=batch_size)
+    for text, stats in zip(long_texts, ours, strict=True):
+        token_ids = encode_for_scoring(gemma, text)
+        assert len(token_ids) > 100  # several windows
+        assert stats.tokens == len(token_ids) - 1
+        assert stats.nll == pytest.approx(plain_rolling_nll(gemma, token_ids, 48, 20), rel=1e-5)
+
+
+@pytest.mark.parametrize(("n_tokens", "max_length", "stride"), [(2, 4, 2), (10, 4, 2), (10, 4, 4), (37, 8, 3), (8, 8, 8)])
+def test_rolling_windows_score_every_token_once(n_tokens: int, max_length: int, stride: int) -> None:
+    token_ids = list(range(n_tokens))
+    windows = rolling_windows(token_ids, max_length, stride)
+    scored = [w.input_ids[p] for w in windows for p in range(w.score_from, len(w.input_ids))]
+    assert scored == token_ids[1:]
+    assert all(len(w.input_ids) <= max_length and w.score_from >= 1 for w in windows)
