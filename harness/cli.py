@@ -17,7 +17,12 @@ from harness.errors import HarnessError
 from harness.models import ModelOptions
 from harness.record import RunResult
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False, help="Evaluate base and fine-tuned language models.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    help="Evaluate base and fine-tuned language models.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -64,8 +69,13 @@ def results_table(run_result: RunResult, title: str) -> Table:
     table = Table("task", "metric", "value", "n", "cached", title=title)
     for task_name, task_result in run_result.tasks.items():
         for key, metric_value in task_result.metrics.items():
-            table.add_row(task_name, key, _format_metric(metric_value.value, metric_value.stderr),
-                          str(task_result.n_samples), str(task_result.n_cached))
+            table.add_row(
+                task_name,
+                key,
+                _format_metric(metric_value.value, metric_value.stderr),
+                str(task_result.n_samples),
+                str(task_result.n_cached),
+            )
     return table
 
 
@@ -73,7 +83,9 @@ def results_table(run_result: RunResult, title: str) -> Table:
 @user_errors
 def run(
     tasks: Annotated[str, typer.Option(help="Comma-separated task names (see `harness tasks`)")],
-    model: Annotated[str, typer.Option(help="'gemma-3-270m' (embedded) or a local HF checkpoint folder")] = "gemma-3-270m",
+    model: Annotated[
+        str, typer.Option(help="'gemma-3-270m' (embedded) or a local HF checkpoint folder")
+    ] = "gemma-3-270m",
     adapter: Annotated[list[Path] | None, typer.Option(help="PEFT adapter folder; repeat for several")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples per task")] = None,
     out: Annotated[Path, typer.Option(help="Folder for runs/<run-id>/results.json")] = Path("runs"),
@@ -97,7 +109,7 @@ def run(
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     prepared = prepare_tasks(get_tasks(names, tasks_dir or []), limit)
     loaded = load_model(options)
-    adapter_names = [loaded.load_adapter(path) for path in adapter or []] or [None]
+    adapter_names: list[str | None] = [loaded.load_adapter(path) for path in adapter or []] or [None]
     result_cache = ResultCache(cache_path or ResultCache.default_path()) if cache else ResultCache(None)
     for adapter_name in adapter_names:
         with loaded.activate(adapter_name):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -42,14 +43,16 @@ def rolling_windows(token_ids: Sequence[int], max_length: int, stride: int, text
     return windows
 
 
-def _output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+def output_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
     """The decoder stack, the LM head and the final logit soft-cap (Gemma 2) of a causal LM (or PEFT wrapper)."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
     return causal_lm.get_decoder(), causal_lm.get_output_embeddings(), softcap
 
 
-def token_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
+def token_nll(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
+) -> torch.Tensor:
     """Per-position NLL of `targets` given final hidden states, materialising logits a chunk of rows at a time."""
     losses = []
     for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
@@ -64,15 +67,21 @@ def token_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module
 @torch.inference_mode()
 def window_nll(loaded: LoadedModel, windows: Sequence[Window]) -> list[tuple[float, int]]:
     """(summed NLL, scored tokens) for each window, run as one right-padded batch."""
-    decoder, head, softcap = _output_head(loaded.model)
+    with loaded.engaged() as model:
+        return _window_nll(model, loaded.tokenizer.pad_token_id, loaded.device, windows)
+
+
+def _window_nll(
+    model: torch.nn.Module, pad_id: int, device: torch.device, windows: Sequence[Window]
+) -> list[tuple[float, int]]:
+    decoder, head, softcap = output_head(model)
     width = max(len(w.input_ids) for w in windows)
-    pad_id = loaded.tokenizer.pad_token_id
     input_ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(windows), width), dtype=torch.long)
     for row, window in enumerate(windows):
         input_ids[row, : len(window.input_ids)] = torch.tensor(window.input_ids)
         attention_mask[row, : len(window.input_ids)] = 1
-    hidden = decoder(input_ids=input_ids.to(loaded.device), attention_mask=attention_mask.to(loaded.device))[0]
+    hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[0]
     rows, positions = [], []
     for row, window in enumerate(windows):
         for position in range(window.score_from, len(window.input_ids)):
@@ -80,7 +89,7 @@ def window_nll(loaded: LoadedModel, windows: Sequence[Window]) -> list[tuple[flo
             positions.append(position)
     rows_t, positions_t = torch.tensor(rows), torch.tensor(positions)
     # The hidden state at position p-1 predicts the token at p.
-    nll = token_nll(hidden[rows_t, positions_t - 1], input_ids[rows_t, positions_t].to(loaded.device), head, softcap)
+    nll = token_nll(hidden[rows_t, positions_t - 1], input_ids[rows_t, positions_t].to(device), head, softcap)
     per_window = torch.zeros(len(windows), dtype=torch.float64).index_add_(0, rows_t, nll.double().cpu())
     return [(float(per_window[i]), len(w.input_ids) - w.score_from) for i, w in enumerate(windows)]
 
@@ -141,16 +150,17 @@ def generate(loaded: LoadedModel, prompts: Sequence[str], config: GenerationConf
     if config.temperature > 0:
         torch.manual_seed(config.seed)
         sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k or None}
-    output_ids = loaded.model.generate(
-        **encoded.to(loaded.device),
-        max_new_tokens=config.max_new_tokens,
-        do_sample=config.temperature > 0,
-        eos_token_id=_stop_token_ids(loaded),
-        pad_token_id=tokenizer.pad_token_id,
-        stop_strings=config.stop or None,
-        tokenizer=tokenizer if config.stop else None,
-        **sampling,
-    )
+    with loaded.engaged() as model:
+        output_ids = model.generate(
+            **encoded.to(loaded.device),
+            max_new_tokens=config.max_new_tokens,
+            do_sample=config.temperature > 0,
+            eos_token_id=_stop_token_ids(loaded),
+            pad_token_id=tokenizer.pad_token_id,
+            stop_strings=config.stop or None,
+            tokenizer=tokenizer if config.stop else None,
+            **sampling,
+        )
     new_tokens = output_ids[:, encoded["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [cut_at_stop(text, config.stop).strip() for text in texts]

@@ -42,8 +42,12 @@ def _detect_format(path: Path) -> str:
     suffix = path.suffix.lower()
     formats = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
     if suffix not in formats:
-        raise HarnessError("cannot tell the data format from the file name", path=path, field="data_format",
-                           hint="use .jsonl, .csv, .parquet, a saved dataset folder, or set data_format")
+        raise HarnessError(
+            "cannot tell the data format from the file name",
+            path=path,
+            field="data_format",
+            hint="use .jsonl, .csv, .parquet, a saved dataset folder, or set data_format",
+        )
     return formats[suffix]
 
 
@@ -53,8 +57,12 @@ def _decode_lines(path: Path) -> list[str]:
         try:
             line.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise HarnessError(f"not valid UTF-8 (byte {error.start + 1} of the line)", path=path, line=number,
-                               hint="re-save the file as UTF-8") from None
+            raise HarnessError(
+                f"not valid UTF-8 (byte {error.start + 1} of the line)",
+                path=path,
+                line=number,
+                hint="re-save the file as UTF-8",
+            ) from None
     return raw.decode("utf-8").split("\n")
 
 
@@ -85,8 +93,11 @@ def _read_with_datasets(path: Path, data_format: str) -> list[Row]:
             if isinstance(loaded, datasets.DatasetDict):
                 loaded = loaded[next(iter(loaded))]
         else:
-            loaded = datasets.Dataset.from_csv(str(path), keep_in_memory=True) if data_format == "csv" else \
-                datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+            loaded = (
+                datasets.Dataset.from_csv(str(path), keep_in_memory=True)
+                if data_format == "csv"
+                else datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+            )
     except Exception as error:  # datasets raises many types for unreadable files
         raise HarnessError(f"cannot read {data_format} data: {error}", path=path) from None
     first_line = 2 if data_format == "csv" else 1  # CSV: line 1 is the header
@@ -123,8 +134,12 @@ def _references(row: Row, spec: TaskSpec) -> list[str]:
     value = row.values[spec.reference_field]
     references = value if isinstance(value, list) else [value]
     if not references or not all(isinstance(ref, str | int | float) for ref in references):
-        raise HarnessError("references must be a string or a non-empty list of strings",
-                           path=spec.data, line=row.line, field=spec.reference_field)
+        raise HarnessError(
+            "references must be a string or a non-empty list of strings",
+            path=spec.data,
+            line=row.line,
+            field=spec.reference_field,
+        )
     return [str(ref) for ref in references]
 
 
@@ -137,7 +152,9 @@ def _render(template: jinja2.Template, values: dict[str, Any], spec: TaskSpec, l
 
 def _fewshot_prefix(spec: TaskSpec, template: jinja2.Template) -> str:
     shots = [
-        _render(template, example, spec, None) + spec.target_delimiter + str(example.get(spec.reference_field or "", ""))
+        _render(template, example, spec, None)
+        + spec.target_delimiter
+        + str(example.get(spec.reference_field or "", ""))
         for example in spec.fewshot
     ]
     return "".join(shot + spec.fewshot_separator for shot in shots)
@@ -152,8 +169,13 @@ def build_samples(spec: TaskSpec, rows: list[Row]) -> list[Sample]:
     for index, row in enumerate(rows):
         missing = sorted(field for field in needed if row.values.get(field) is None)
         if missing:
-            raise HarnessError("missing or null", path=spec.data, line=row.line, field=missing[0],
-                               hint=f"the task's template, reference_field or id_field use it ({spec.source})")
+            raise HarnessError(
+                "missing or null",
+                path=spec.data,
+                line=row.line,
+                field=missing[0],
+                hint=f"the task's template, reference_field or id_field use it ({spec.source})",
+            )
         sample_id = str(row.values[spec.id_field]) if spec.id_field else str(index)
         if sample_id in seen_ids:
             raise HarnessError(f"duplicate id '{sample_id}'", path=spec.data, line=row.line, field=spec.id_field)

@@ -13,6 +13,7 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import cast
 
 import sacrebleu
 from rouge_score import rouge_scorer
@@ -74,14 +75,16 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
 
 
 def _transpose(references: Sequence[Sequence[str]]) -> list[list[str]]:
-    """sacrebleu wants one stream per reference position; samples may carry different counts."""
+    """sacrebleu wants one stream per reference position; samples may carry different counts (None pads,
+    which sacrebleu documents as allowed though its type hints say str)."""
     width = max(len(refs) for refs in references)
-    return [[refs[i] if i < len(refs) else "" for refs in references] for i in range(width)]
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
+    return cast(list[list[str]], streams)
 
 
 @lru_cache(maxsize=16)
-def _bleu(tokenize: str, lowercase: bool) -> sacrebleu.BLEU:
-    return sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase, effective_order=True)
+def _bleu(tokenize: str, lowercase: bool, effective_order: bool = False) -> sacrebleu.BLEU:
+    return sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase, effective_order=effective_order)
 
 
 @lru_cache(maxsize=16)
@@ -89,45 +92,75 @@ def _chrf(word_order: int) -> sacrebleu.CHRF:
     return sacrebleu.CHRF(word_order=word_order)
 
 
-def corpus_bleu(
-    predictions: Sequence[str], references: Sequence[Sequence[str]], tokenize: str = "13a", lowercase: bool = False
-) -> dict[str, float]:
-    scorer = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
-    return {"bleu": scorer.corpus_score(list(predictions), _transpose(references)).score}
-
-
-def bleu_signature(
-    predictions: Sequence[str], references: Sequence[Sequence[str]], tokenize: str = "13a", lowercase: bool = False
+def _signature(
+    scorer: sacrebleu.metrics.base.Metric, predictions: Sequence[str], references: Sequence[Sequence[str]]
 ) -> str:
-    scorer = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
     scorer.corpus_score(list(predictions), _transpose(references))  # the signature names the reference count
     return str(scorer.get_signature())
 
 
+def _segment_stats(
+    scorer: sacrebleu.metrics.base.Metric, predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> list[list[float]]:
+    """sacrebleu's per-segment sufficient statistics (what its own paired bootstrap resamples)."""
+    rows = scorer._extract_corpus_statistics(list(predictions), _transpose(references))
+    return [[float(x) for x in row] for row in rows]
+
+
+def bleu_stats(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    tokenize: str = "13a",
+    lowercase: bool = False,
+) -> list[list[float]]:
+    return _segment_stats(_bleu(tokenize, lowercase), predictions, references)
+
+
+def bleu_from_stats(totals: Sequence[float], tokenize: str = "13a", lowercase: bool = False) -> dict[str, float]:
+    return {"bleu": _bleu(tokenize, lowercase)._compute_score_from_stats([int(x) for x in totals]).score}
+
+
+def bleu_signature(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    tokenize: str = "13a",
+    lowercase: bool = False,
+) -> str:
+    return _signature(sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase), predictions, references)
+
+
 @metric(
     "bleu",
-    corpus=corpus_bleu,
+    corpus_stats=bleu_stats,
+    from_stats=bleu_from_stats,
     signature=bleu_signature,
     description="sacrebleu corpus BLEU (per-sample: sentence BLEU with effective order)",
 )
 def sentence_bleu(prediction: str, references: Sequence[str], tokenize: str = "13a", lowercase: bool = False) -> float:
-    return _bleu(tokenize, lowercase).sentence_score(prediction, list(references)).score
+    return _bleu(tokenize, lowercase, effective_order=True).sentence_score(prediction, list(references)).score
 
 
-def corpus_chrf(
+def chrf_stats(
     predictions: Sequence[str], references: Sequence[Sequence[str]], word_order: int = 0
-) -> dict[str, float]:
-    scorer = sacrebleu.CHRF(word_order=word_order)
-    return {"chrf": scorer.corpus_score(list(predictions), _transpose(references)).score}
+) -> list[list[float]]:
+    return _segment_stats(_chrf(word_order), predictions, references)
+
+
+def chrf_from_stats(totals: Sequence[float], word_order: int = 0) -> dict[str, float]:
+    return {"chrf": _chrf(word_order)._compute_score_from_stats([int(x) for x in totals]).score}
 
 
 def chrf_signature(predictions: Sequence[str], references: Sequence[Sequence[str]], word_order: int = 0) -> str:
-    scorer = sacrebleu.CHRF(word_order=word_order)
-    scorer.corpus_score(list(predictions), _transpose(references))
-    return str(scorer.get_signature())
+    return _signature(sacrebleu.CHRF(word_order=word_order), predictions, references)
 
 
-@metric("chrf", corpus=corpus_chrf, signature=chrf_signature, description="sacrebleu corpus chrF (word_order=2: chrF++)")
+@metric(
+    "chrf",
+    corpus_stats=chrf_stats,
+    from_stats=chrf_from_stats,
+    signature=chrf_signature,
+    description="sacrebleu corpus chrF (word_order=2: chrF++)",
+)
 def sentence_chrf(prediction: str, references: Sequence[str], word_order: int = 0) -> float:
     return _chrf(word_order).sentence_score(prediction, list(references)).score
 
@@ -146,11 +179,9 @@ def rouge(prediction: str, references: Sequence[str], use_stemmer: bool = True) 
     return {name: scores[name].fmeasure for name in ROUGE_TYPES}
 
 
-def corpus_perplexity(stats: Sequence[dict[str, float]]) -> dict[str, float]:
+def perplexity_from_stats(totals: Sequence[float]) -> dict[str, float]:
     """Token-weighted: exp(total NLL / total tokens), and bits per UTF-8 byte of the scored text."""
-    nll_sum = sum(s["nll"] for s in stats)
-    token_count = sum(s["tokens"] for s in stats)
-    byte_count = sum(s["bytes"] for s in stats)
+    nll_sum, token_count, byte_count = totals
     return {
         "perplexity": math.exp(nll_sum / token_count) if token_count else math.nan,
         "bits_per_byte": nll_sum / (math.log(2) * byte_count) if byte_count else math.nan,
@@ -165,7 +196,8 @@ def corpus_perplexity(stats: Sequence[dict[str, float]]) -> dict[str, float]:
     higher_is_better=False,
     keys=("perplexity", "bits_per_byte"),
     info_keys=("nll_sum", "token_count"),
-    aggregate=corpus_perplexity,
+    stat_keys=("nll", "tokens", "bytes"),
+    from_stats=perplexity_from_stats,
     description="token-weighted perplexity and bits per byte, rolling windows past the context",
 )
 def perplexity(stats: SampleStats) -> dict[str, float]:

@@ -7,6 +7,7 @@ go into the run record.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,19 +58,44 @@ class AdapterInfo:
 
 @dataclass
 class LoadedModel:
-    """A base model with zero or more PEFT adapters loaded over it; `activate` switches between them."""
+    """A base model with zero or more PEFT adapters over it; `activate` switches between them.
 
-    model: Any
-    tokenizer: Any
+    Weights and tokenizer load on first use: a run served entirely from the cache needs only the
+    fingerprints, which come from the files.
+    """
+
     options: ModelOptions
-    checkpoint: str
+    checkpoint: Path
     base_fingerprint: str
     adapters: dict[str, AdapterInfo] = field(default_factory=dict)
     active_adapter: str | None = None
+    _model: Any = None
+    _tokenizer: Any = None
+    _attached: list[str] = field(default_factory=list)
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
+            if self._tokenizer.pad_token is None:
+                self._tokenizer.pad_token = self._tokenizer.eos_token
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        """The torch model (a PeftModel once adapters are attached), loaded and adapters attached on first use."""
+        if self._model is None:
+            self._model = _load_weights(self.checkpoint, self.options)
+        for name in [n for n in self.adapters if n not in self._attached]:
+            self._model = _attach_adapter(self._model, self.adapters[name], first=not self._attached)
+            self._attached.append(name)
+        return self._model
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return torch.device(self.options.resolved_device())
 
     @property
     def fingerprint(self) -> str:
@@ -87,41 +113,51 @@ class LoadedModel:
 
     @contextlib.contextmanager
     def activate(self, adapter_name: str | None) -> Iterator[None]:
-        """Run with one adapter active (or none: the bare base), without reloading the base."""
+        """Evaluate with one adapter active (or none: the bare base), without reloading the base."""
         previous = self.active_adapter
         self.active_adapter = adapter_name
         try:
-            if adapter_name is None and self.adapters:
-                with self.model.disable_adapter():
-                    yield
-            else:
-                if adapter_name is not None:
-                    self.model.set_adapter(adapter_name)
-                yield
+            yield
         finally:
             self.active_adapter = previous
 
-    def load_adapter(self, adapter_dir: Path, name: str | None = None) -> str:
-        """Load a PEFT adapter over the base; returns the name to `activate` it by."""
-        from peft import PeftModel
+    @contextlib.contextmanager
+    def engaged(self) -> Iterator[Any]:
+        """The torch model with the active adapter (or none) switched on, for the duration of a computation."""
+        model = self.model
+        if self.active_adapter is None and self._attached:
+            with model.disable_adapter():
+                yield model
+        else:
+            if self.active_adapter is not None:
+                model.set_adapter(self.active_adapter)
+            yield model
 
+    def load_adapter(self, adapter_dir: Path, name: str | None = None) -> str:
+        """Register a PEFT adapter over the base (its weights attach on first use); returns its name."""
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
             raise HarnessError(
                 "not a PEFT adapter folder (no adapter_config.json)", path=adapter_dir, field="--adapter"
             )
         name = name or f"adapter{len(self.adapters)}"
-        try:
-            if self.adapters:
-                self.model.load_adapter(str(adapter_dir), adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise HarnessError(f"cannot load this adapter over {self.checkpoint}: {error}", path=adapter_dir) from None
-        self.model.eval()
         fingerprint = hash_files(_matching(adapter_dir, _ADAPTER_PATTERNS), adapter_dir)
         self.adapters[name] = AdapterInfo(name=name, path=adapter_dir.resolve(), fingerprint=fingerprint)
         return name
+
+
+def _attach_adapter(model: Any, adapter: AdapterInfo, first: bool) -> Any:
+    from peft import PeftModel
+
+    try:
+        if first:
+            model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=adapter.name)
+        else:
+            model.load_adapter(str(adapter.path), adapter_name=adapter.name)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise HarnessError(f"cannot load this adapter over the base model: {error}", path=adapter.path) from None
+    model.eval()
+    return model
 
 
 def _matching(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
@@ -149,6 +185,8 @@ def _quantization_config(options: ModelOptions) -> Any:
     from transformers import BitsAndBytesConfig
 
     if options.quant == "int8":
+        # bitsandbytes warns on every matmul that fp32 inputs are cast to fp16; once is information enough.
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast", module="bitsandbytes")
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -158,14 +196,9 @@ def _quantization_config(options: ModelOptions) -> Any:
     )
 
 
-def load_model(options: ModelOptions) -> LoadedModel:
-    """Load the base model and tokenizer named by `options` (adapters are added with `load_adapter`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
+    from transformers import AutoModelForCausalLM
 
-    checkpoint = resolve_checkpoint(options.name)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint,
         dtype=options.resolved_dtype(),
@@ -173,11 +206,12 @@ def load_model(options: ModelOptions) -> LoadedModel:
         device_map={"": options.resolved_device()},
     )
     model.eval()
+    return model
+
+
+def load_model(options: ModelOptions) -> LoadedModel:
+    """The model named by `options`: fingerprinted now, weights loaded on first use. Add adapters with
+    `load_adapter`."""
+    checkpoint = resolve_checkpoint(options.name)
     weight_files = _matching(checkpoint, _WEIGHT_PATTERNS) + _matching(checkpoint, _TOKENIZER_FILES)
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        options=options,
-        checkpoint=str(checkpoint),
-        base_fingerprint=hash_files(weight_files, checkpoint),
-    )
+    return LoadedModel(options=options, checkpoint=checkpoint, base_fingerprint=hash_files(weight_files, checkpoint))

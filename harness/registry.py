@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ class SampleStats:
 
 @dataclass(frozen=True)
 class MetricDef:
-    """A registered metric: a pure per-sample function and how its scores aggregate over a corpus."""
+    """A registered metric: a pure per-sample function, and how the corpus value comes from additive
+    per-sample sufficient statistics (so corpus metrics like BLEU and token-weighted perplexity bootstrap
+    by resampling rows of statistics instead of recomputing from text)."""
 
     name: str
     fn: Callable[..., float | dict[str, float]]
@@ -40,10 +43,16 @@ class MetricDef:
     higher_is_better: bool = True
     keys: tuple[str, ...] = ()
     info_keys: tuple[str, ...] = ()
-    corpus: Callable[..., dict[str, float]] | None = None
-    aggregate_scores: Callable[[Sequence[dict[str, float]]], dict[str, float]] | None = None
+    stat_keys: tuple[str, ...] = ()
+    corpus_stats: Callable[..., list[list[float]]] | None = None
+    from_stats: Callable[..., dict[str, float]] | None = None
     signature: Callable[..., str] | None = None
     description: str = ""
+
+    def option_names(self) -> list[str]:
+        """Keyword options the metric function accepts (after prediction/references or stats)."""
+        positional = 1 if self.kind == "perplexity" else 2
+        return list(inspect.signature(self.fn).parameters)[positional:]
 
     def score(
         self,
@@ -56,22 +65,27 @@ class MetricDef:
         value = self.fn(stats, **options) if self.kind == "perplexity" else self.fn(prediction, references, **options)
         return value if isinstance(value, dict) else {self.name: float(value)}
 
-    def aggregate(
+    def sufficient_stats(
         self,
         options: dict[str, Any],
         sample_scores: Sequence[dict[str, float]],
         predictions: Sequence[str],
         references: Sequence[Sequence[str]],
-    ) -> dict[str, float]:
-        """Corpus value(s): the corpus function if the metric has one, else the mean of each key."""
-        if self.corpus is not None:
-            return self.corpus(predictions, references, **options)
-        if self.aggregate_scores is not None:
-            return self.aggregate_scores(sample_scores)
-        return {
-            key: math.fsum(s[key] for s in sample_scores) / len(sample_scores) if sample_scores else math.nan
-            for key in self.keys
-        }
+    ) -> list[list[float]]:
+        """One row of additive statistics per sample: the metric's own (BLEU n-gram counts), the per-sample
+        scores named by `stat_keys` (perplexity: NLL, tokens, bytes), or the scores plus a count (a mean)."""
+        if self.corpus_stats is not None:
+            return self.corpus_stats(predictions, references, **options)
+        if self.stat_keys:
+            return [[scores[key] for key in self.stat_keys] for scores in sample_scores]
+        return [[scores[key] for key in self.keys] + [1.0] for scores in sample_scores]
+
+    def corpus_value(self, options: dict[str, Any], totals: Sequence[float]) -> dict[str, float]:
+        """The corpus value(s) from the column sums of `sufficient_stats`."""
+        if self.from_stats is not None:
+            return self.from_stats(totals, **options)
+        count = totals[-1]
+        return {key: totals[i] / count if count else math.nan for i, key in enumerate(self.keys)}
 
 
 @dataclass
@@ -92,15 +106,17 @@ def metric(
     higher_is_better: bool = True,
     keys: Sequence[str] | None = None,
     info_keys: Sequence[str] = (),
-    corpus: Callable[..., dict[str, float]] | None = None,
-    aggregate: Callable[[Sequence[dict[str, float]]], dict[str, float]] | None = None,
+    stat_keys: Sequence[str] = (),
+    corpus_stats: Callable[..., list[list[float]]] | None = None,
+    from_stats: Callable[..., dict[str, float]] | None = None,
     signature: Callable[..., str] | None = None,
     description: str = "",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a per-sample metric function under `name`.
 
-    `keys` are the reported corpus values (default: just `name`); `corpus` computes them from all predictions
-    and references at once (BLEU); `aggregate` from the per-sample score dicts (perplexity); else they are means.
+    `keys` are the reported corpus values (default: just `name`), by default the mean of the per-sample
+    scores. A corpus metric supplies `corpus_stats` (per-sample additive statistics from all predictions and
+    references) or `stat_keys` (per-sample scores to sum), and `from_stats` (corpus values from the sums).
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,8 +129,9 @@ def metric(
             higher_is_better=higher_is_better,
             keys=tuple(keys) if keys else (name,),
             info_keys=tuple(info_keys),
-            corpus=corpus,
-            aggregate_scores=aggregate,
+            stat_keys=tuple(stat_keys),
+            corpus_stats=corpus_stats,
+            from_stats=from_stats,
             signature=signature,
             description=description or (fn.__doc__ or "").strip().split("\n")[0],
         )
@@ -196,6 +213,8 @@ def get_tasks(names: Sequence[str], extra_dirs: Iterable[Path] = ()) -> list[Tas
     missing = [name for name in names if name not in known]
     if missing:
         raise HarnessError(
-            f"unknown task(s): {', '.join(missing)}", field="--tasks", hint=f"known tasks: {', '.join(sorted(known))}"
+            f"unknown task(s): {', '.join(missing)}",
+            field="--tasks",
+            hint=f"known tasks: {', '.join(sorted(known))}",
         )
     return [known[name] for name in names]

@@ -7,6 +7,7 @@ are recomputed from those outputs on every run.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 import uuid
@@ -78,7 +79,11 @@ def _cache_key(loaded: LoadedModel, task: PreparedTask, model_input: str) -> str
     spec = task.spec
     settings = spec.generation.model_dump() if spec.kind == "generate" else spec.perplexity.model_dump()
     return ResultCache.key(
-        model=loaded.fingerprint, kind=spec.kind, input=model_input, settings=settings, chat=spec.chat_template
+        model=loaded.fingerprint,
+        kind=spec.kind,
+        input=model_input,
+        settings=settings,
+        chat=spec.chat_template,
     )
 
 
@@ -114,7 +119,11 @@ def _model_outputs(
 
 
 def _score_task(
-    task: PreparedTask, inputs: list[str], outputs: list[dict[str, Any]], cached: set[int], options: RunOptions
+    task: PreparedTask,
+    inputs: list[str],
+    outputs: list[dict[str, Any]],
+    cached: set[int],
+    options: RunOptions,
 ) -> TaskResult:
     spec = task.spec
     predictions = [out.get("output", "") for out in outputs]
@@ -126,29 +135,39 @@ def _score_task(
         for metric_config in spec.metrics:
             metric_def = get_metric(metric_config.name)
             scores.update(metric_def.score(metric_config.options, predictions[i], sample.references, stats[i]))
-        records.append(SampleRecord(id=sample.id, prompt=inputs[i], output=predictions[i] if spec.kind == "generate"
-                                    else None, references=sample.references, scores=scores, cached=i in cached))
+        records.append(
+            SampleRecord(
+                id=sample.id,
+                prompt=inputs[i],
+                output=predictions[i] if spec.kind == "generate" else None,
+                references=sample.references,
+                scores=scores,
+                cached=i in cached,
+            )
+        )
     metrics: dict[str, MetricValue] = {}
     for metric_config in spec.metrics:
-        metric_def = get_metric(metric_config.name)
-
-        def statistic(indices: Sequence[int], metric_def=metric_def, metric_options=metric_config.options) -> dict:
-            return metric_def.aggregate(metric_options, [records[i].scores for i in indices],
-                                        [predictions[i] for i in indices], [references[i] for i in indices])
-
-        values = statistic(range(len(records)))
-        spreads = bootstrap(statistic, len(records), n_resamples=options.bootstrap_resamples, seed=options.seed)
-        signature = (
-            metric_def.signature(predictions, references, **metric_config.options) if metric_def.signature else None
+        metric_def, metric_options = get_metric(metric_config.name), metric_config.options
+        rows = metric_def.sufficient_stats(metric_options, [r.scores for r in records], predictions, references)
+        values = metric_def.corpus_value(metric_options, [sum(column) for column in zip(*rows, strict=True)])
+        spreads = bootstrap(
+            rows,
+            functools.partial(metric_def.corpus_value, metric_options),
+            n_resamples=options.bootstrap_resamples,
+            seed=options.seed,
         )
+        signature = metric_def.signature(predictions, references, **metric_options) if metric_def.signature else None
         for key, value in values.items():
             informational = key in metric_def.info_keys
             spread = None if informational else spreads.get(key)
             metrics[key] = MetricValue(
-                value=value, metric=metric_def.name, signature=signature,
+                value=value,
+                metric=metric_def.name,
+                signature=signature,
                 higher_is_better=None if informational else metric_def.higher_is_better,
                 stderr=spread.stderr if spread else None,
-                ci_low=spread.ci_low if spread else None, ci_high=spread.ci_high if spread else None,
+                ci_low=spread.ci_low if spread else None,
+                ci_high=spread.ci_high if spread else None,
             )
     return TaskResult(task=spec.name, n_samples=len(records), n_cached=len(cached), metrics=metrics, samples=records)
 
@@ -164,20 +183,36 @@ def _git_sha() -> str | None:
 def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOptions) -> RunSpec:
     adapter = loaded.adapters.get(loaded.active_adapter) if loaded.active_adapter else None
     model_spec = ModelRunSpec(
-        name=loaded.options.name, checkpoint=loaded.checkpoint, fingerprint=loaded.fingerprint,
-        base_fingerprint=loaded.base_fingerprint, adapter_path=str(adapter.path) if adapter else None,
+        name=loaded.options.name,
+        checkpoint=str(loaded.checkpoint),
+        fingerprint=loaded.fingerprint,
+        base_fingerprint=loaded.base_fingerprint,
+        adapter_path=str(adapter.path) if adapter else None,
         adapter_fingerprint=adapter.fingerprint if adapter else None,
-        dtype=str(loaded.options.resolved_dtype()).removeprefix("torch."), device=loaded.device.type,
+        dtype=str(loaded.options.resolved_dtype()).removeprefix("torch."),
+        device=loaded.device.type,
         quant=loaded.options.quant,
     )
     task_specs = [
-        TaskRunSpec(name=t.spec.name, version=t.spec.version, kind=t.spec.kind, fingerprint=t.fingerprint,
-                    data_fingerprint=t.data_fingerprint, data_path=str(t.spec.data),
-                    config=t.spec.model_dump(mode="json", exclude={"data", "description"}))
+        TaskRunSpec(
+            name=t.spec.name,
+            version=t.spec.version,
+            kind=t.spec.kind,
+            fingerprint=t.fingerprint,
+            data_fingerprint=t.data_fingerprint,
+            data_path=str(t.spec.data),
+            config=t.spec.model_dump(mode="json", exclude={"data", "description"}),
+        )
         for t in tasks
     ]
-    return RunSpec(model=model_spec, tasks=task_specs, limit=options.limit, seed=options.seed,
-                   harness_version=version("harness"), git_sha=_git_sha())
+    return RunSpec(
+        model=model_spec,
+        tasks=task_specs,
+        limit=options.limit,
+        seed=options.seed,
+        harness_version=version("harness"),
+        git_sha=_git_sha(),
+    )
 
 
 def evaluate(

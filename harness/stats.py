@@ -1,4 +1,8 @@
-"""Statistics over per-sample scores: seeded bootstrap standard errors and percentile intervals."""
+"""Statistics over per-sample sufficient statistics: seeded bootstrap standard errors and percentile intervals.
+
+Every metric's corpus value is a function of column sums of per-sample statistic rows, so a bootstrap
+resample is a vector of per-sample counts: totals = counts @ rows. No text is re-scored.
+"""
 
 from __future__ import annotations
 
@@ -16,23 +20,28 @@ class Spread:
     ci_high: float
 
 
+def resample_counts(n_items: int, n_resamples: int, seed: int) -> np.ndarray:
+    """[n_resamples, n_items] counts: how often each item appears in each bootstrap resample."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_resamples)
+
+
 def bootstrap(
-    statistic: Callable[[Sequence[int]], dict[str, float]],
-    n_items: int,
+    rows: Sequence[Sequence[float]],
+    statistic: Callable[[Sequence[float]], dict[str, float]],
     *,
     n_resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> dict[str, Spread]:
-    """Resample item indices with replacement, recompute `statistic` on each resample, and report per key the
-    standard deviation (the bootstrap standard error) and the percentile interval."""
-    if n_items < 2:
+    """Per key of `statistic(column totals)`: the bootstrap standard error and percentile interval."""
+    matrix = np.asarray(rows, dtype=np.float64)
+    if len(matrix) < 2:
         return {}
-    rng = np.random.default_rng(seed)
+    totals = resample_counts(len(matrix), n_resamples, seed) @ matrix
     draws: dict[str, list[float]] = {}
-    for _ in range(n_resamples):
-        indices = rng.integers(0, n_items, size=n_items).tolist()
-        for key, value in statistic(indices).items():
+    for row_totals in totals:
+        for key, value in statistic(row_totals.tolist()).items():
             draws.setdefault(key, []).append(value)
     tail = (1 - confidence) / 2 * 100
     spreads = {}

@@ -82,8 +82,8 @@ class TaskSpec(BaseModel):
     fewshot_separator: str = "\n\n"
     target_delimiter: str = " "  # between a few-shot prompt and its answer
     metrics: list[MetricConfig] = Field(min_length=1)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig)
+    generation: GenerationConfig = GenerationConfig()
+    perplexity: PerplexityConfig = PerplexityConfig()
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("metrics", mode="before")
@@ -101,7 +101,9 @@ class TaskSpec(BaseModel):
 
     def fingerprint(self, data_fingerprint: str) -> str:
         """Task identity: data content, template, metric config, decoding settings, version."""
-        return hash_json({"spec": self.model_dump(mode="json", exclude={"description", "data"}), "data": data_fingerprint})
+        return hash_json(
+            {"spec": self.model_dump(mode="json", exclude={"description", "data"}), "data": data_fingerprint}
+        )
 
 
 def _line_of(node: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
@@ -133,8 +135,11 @@ def load_task_file(path: Path) -> TaskSpec:
         root = yaml.compose(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        raise HarnessError(f"malformed YAML: {getattr(error, 'problem', error)}", path=path,
-                           line=mark.line + 1 if mark else None) from None
+        raise HarnessError(
+            f"malformed YAML: {getattr(error, 'problem', error)}",
+            path=path,
+            line=mark.line + 1 if mark else None,
+        ) from None
     if not isinstance(raw, dict):
         raise HarnessError("a task file must be a mapping of fields", path=path, line=1)
     raw.setdefault("name", path.stem)
@@ -152,6 +157,17 @@ def load_task_file(path: Path) -> TaskSpec:
         if metric_def.kind != spec.kind:
             raise HarnessError(
                 f"metric '{metric_def.name}' scores {metric_def.kind} tasks, not {spec.kind} tasks",
-                path=path, line=_line_of(root, ("metrics", index)), field=f"metrics.{index}",
+                path=path,
+                line=_line_of(root, ("metrics", index)),
+                field=f"metrics.{index}",
+            )
+        unknown = sorted(set(metric_config.options) - set(metric_def.option_names()))
+        if unknown:
+            raise HarnessError(
+                f"unknown option(s) {', '.join(unknown)} for metric '{metric_def.name}'",
+                path=path,
+                line=_line_of(root, ("metrics", index, "options")),
+                field=f"metrics.{index}.options",
+                hint=f"it takes: {', '.join(metric_def.option_names()) or 'no options'}",
             )
     return spec

@@ -18,7 +18,8 @@ CASES = json.loads((Path(__file__).parent / "metric_cases.json").read_text())
 def _aggregate(name: str, predictions: list[str], references: list[list[str]], **options: object) -> dict:
     metric_def = get_metric(name)
     scores = [metric_def.score(dict(options), p, r) for p, r in zip(predictions, references, strict=True)]
-    return metric_def.aggregate(dict(options), scores, predictions, references)
+    rows = metric_def.sufficient_stats(dict(options), scores, predictions, references)
+    return metric_def.corpus_value(dict(options), [sum(column) for column in zip(*rows, strict=True)])
 
 
 @pytest.mark.parametrize("name", ["exact_match", "f1"])
@@ -33,7 +34,7 @@ def test_pinned_cases(name: str) -> None:
 def test_bleu_and_chrf_equal_sacrebleu_corpus_scores(case: dict) -> None:
     predictions, references = case["predictions"], case["references"]
     width = max(len(refs) for refs in references)
-    streams = [[refs[i] if i < len(refs) else "" for refs in references] for i in range(width)]
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
     assert _aggregate("bleu", predictions, references)["bleu"] == sacrebleu.corpus_bleu(predictions, streams).score
     assert _aggregate("chrf", predictions, references)["chrf"] == sacrebleu.corpus_chrf(predictions, streams).score
     chrf_pp = sacrebleu.corpus_chrf(predictions, streams, word_order=2).score
@@ -43,7 +44,9 @@ def test_bleu_and_chrf_equal_sacrebleu_corpus_scores(case: dict) -> None:
 def test_corpus_bleu_is_not_the_mean_of_sentence_bleu() -> None:
     case = CASES["corpus"][0]
     bleu = get_metric("bleu")
-    sentence_scores = [bleu.score({}, p, r)["bleu"] for p, r in zip(case["predictions"], case["references"], strict=True)]
+    sentence_scores = [
+        bleu.score({}, p, r)["bleu"] for p, r in zip(case["predictions"], case["references"], strict=True)
+    ]
     corpus = _aggregate("bleu", case["predictions"], case["references"])["bleu"]
     assert corpus != pytest.approx(sum(sentence_scores) / len(sentence_scores))
 
@@ -67,7 +70,8 @@ def test_perplexity_is_token_weighted() -> None:
     stats = [SampleStats(nll=10.0, tokens=5, bytes=20), SampleStats(nll=90.0, tokens=45, bytes=180)]
     metric_def = get_metric("perplexity")
     scores = [metric_def.score({}, stats=s) for s in stats]
-    result = metric_def.aggregate({}, scores, [], [])
+    rows = metric_def.sufficient_stats({}, scores, [], [])
+    result = metric_def.corpus_value({}, [sum(column) for column in zip(*rows, strict=True)])
     assert result["perplexity"] == pytest.approx(math.exp(100 / 50))
     assert result["bits_per_byte"] == pytest.approx(100 / (math.log(2) * 200))
     assert result["token_count"] == 50

@@ -72,7 +72,9 @@ def test_rolling_windows_equal_plain_sliding_window_loop(gemma: LoadedModel, bat
         assert stats.nll == pytest.approx(plain_rolling_nll(gemma, token_ids, 48, 20), rel=1e-5)
 
 
-@pytest.mark.parametrize(("n_tokens", "max_length", "stride"), [(2, 4, 2), (10, 4, 2), (10, 4, 4), (37, 8, 3), (8, 8, 8)])
+@pytest.mark.parametrize(
+    ("n_tokens", "max_length", "stride"), [(2, 4, 2), (10, 4, 2), (10, 4, 4), (37, 8, 3), (8, 8, 8)]
+)
 def test_rolling_windows_score_every_token_once(n_tokens: int, max_length: int, stride: int) -> None:
     token_ids = list(range(n_tokens))
     windows = rolling_windows(token_ids, max_length, stride)

@@ -1,0 +1,57 @@
+"""The `harness` CLI end to end on the real embedded Gemma."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+
+def test_tasks_lists_builtin_tasks_with_kind_metrics_and_size() -> None:
+    result = CliRunner().invoke(app, ["tasks"])
+    assert result.exit_code == 0
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 4}
+    assert {"general_english", "factual_qa", "plain_english"} <= set(rows)
+    assert "perplexity" in rows["general_english"] and "40" in rows["general_english"]
+    assert "exact_match, f1" in rows["factual_qa"]
+
+
+def test_run_prints_table_and_writes_record(task_dir: Callable[..., Path], tmp_path: Path) -> None:
+    folder = task_dir(
+        "text",
+        [{"text": "Trains make distances feel manageable."}],
+        kind="perplexity",
+        metrics=["perplexity"],
+    )
+    out = tmp_path / "runs"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--tasks",
+            "text",
+            "--tasks-dir",
+            str(folder),
+            "--out",
+            str(out),
+            "--cache-path",
+            str(tmp_path / "cache.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (results_path,) = out.rglob("results.json")
+    record = json.loads(results_path.read_text())
+    assert record["schema_version"] == 1
+    perplexity = record["tasks"]["text"]["metrics"]["perplexity"]["value"]
+    assert f"{perplexity:.4g}" in completed.stdout
+    assert str(results_path) in completed.stdout.replace("\n", "")

@@ -1,0 +1,97 @@
+"""Model loading on the real embedded Gemma: adapters switched over one base, fingerprints, quantisation."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from harness.cache import ResultCache
+from harness.compute import loglikelihood_rolling
+from harness.models import LoadedModel, ModelOptions, load_model
+from harness.registry import get_tasks
+from harness.runner import RunOptions, evaluate, prepare_tasks
+
+TEXTS = ["The orchestra tuned for a long minute before the conductor walked on stage."]
+
+
+def make_adapter(gemma: LoadedModel, folder: Path, seed: int) -> Path:
+    """A real PEFT LoRA adapter with random (non-zero) weights, so it changes the model's outputs."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(gemma.model), config)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def with_adapters(gemma: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    root = tmp_path_factory.mktemp("adapters")
+    loaded = dataclasses.replace(gemma, _model=copy.deepcopy(gemma.model), adapters={}, _attached=[])
+    for index, seed in enumerate((1, 2)):
+        loaded.load_adapter(make_adapter(gemma, root / f"adapter{index}", seed), name=f"a{index}")
+    return loaded
+
+
+def nll(loaded: LoadedModel) -> float:
+    return loglikelihood_rolling(loaded, TEXTS, 1024, 512, 1)[0].nll
+
+
+def test_adapters_switch_without_reloading_the_base(gemma: LoadedModel, with_adapters: LoadedModel) -> None:
+    base_weight = with_adapters.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    values = {}
+    for name in (None, "a0", "a1", None, "a0"):
+        with with_adapters.activate(name):
+            values.setdefault(name, []).append(nll(with_adapters))
+            assert with_adapters.active_adapter == name
+    assert base_weight is with_adapters.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert values[None][0] == pytest.approx(nll(gemma), rel=1e-6)  # base = the plain model
+    assert values[None][0] == values[None][1] and values["a0"][0] == values["a0"][1]
+    assert len({values[None][0], values["a0"][0], values["a1"][0]}) == 3
+
+
+def test_fingerprint_names_the_active_adapter(with_adapters: LoadedModel) -> None:
+    fingerprints = []
+    for name in (None, "a0", "a1"):
+        with with_adapters.activate(name):
+            fingerprints.append(with_adapters.fingerprint)
+    assert len(set(fingerprints)) == 3
+    assert with_adapters.adapters["a0"].fingerprint != with_adapters.adapters["a1"].fingerprint
+
+
+def test_run_with_adapter_records_it(with_adapters: LoadedModel, tmp_path: Path) -> None:
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "t.jsonl").write_text('{"text": "Bees make honey."}\n')
+    (folder / "t.yaml").write_text("kind: perplexity\ndata: t.jsonl\nmetrics: [perplexity]\n")
+    prepared = prepare_tasks(get_tasks(["t"], [folder]), None)
+    with with_adapters.activate("a1"):
+        result = evaluate(with_adapters, prepared, ResultCache(None), RunOptions())
+    assert result.spec.model.adapter_path == str(with_adapters.adapters["a1"].path)
+    assert result.spec.model.adapter_fingerprint == with_adapters.adapters["a1"].fingerprint
+
+
+def test_load_adapter_rejects_a_folder_without_adapter_config(gemma: LoadedModel, tmp_path: Path) -> None:
+    from harness.errors import HarnessError
+
+    loaded = dataclasses.replace(gemma, adapters={}, _attached=[])
+    with pytest.raises(HarnessError, match=r"adapter_config\.json"):
+        loaded.load_adapter(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_bitsandbytes_quantised_inference_stays_close(gemma: LoadedModel, quant: str) -> None:
+    import bitsandbytes as bnb
+
+    quantised = load_model(ModelOptions(quant=quant))
+    layer_type = bnb.nn.Linear4bit if quant == "nf4" else bnb.nn.Linear8bitLt
+    assert isinstance(quantised.model.model.layers[0].mlp.up_proj, layer_type)
+    assert quantised.fingerprint != gemma.fingerprint
+    # Re-quantising weights that were already 4-bit costs ~13% NLL with NF4; a broken path costs several times.
+    assert nll(quantised) == pytest.approx(nll(gemma), rel=0.25)
+    assert nll(quantised) != nll(gemma)
