@@ -93,6 +93,7 @@ class _Registry:
     metrics: dict[str, MetricDef] = field(default_factory=dict)
     python_tasks: dict[str, Callable[[], TaskSpec]] = field(default_factory=dict)
     judges: dict[str, Any] = field(default_factory=dict)
+    search_paths: list[Path] = field(default_factory=list)
     loaded_builtins: bool = False
 
 
@@ -188,13 +189,20 @@ def _import_user_module(module_path: Path) -> None:
     spec.loader.exec_module(module)
 
 
+def add_search_path(folder: Path) -> None:
+    """Add a user folder of task YAML (and @task Python) files to every later task lookup."""
+    if folder not in _REGISTRY.search_paths:
+        _REGISTRY.search_paths.append(folder)
+
+
 def find_tasks(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskSpec]:
-    """Every task: YAML files in `tasks/` and in `extra_dirs`, plus the `@task` functions. Later dirs win."""
+    """Every task: YAML files in `tasks/`, the search path and `extra_dirs`, plus the `@task` functions.
+    Later folders win."""
     from harness.taskspec import load_task_file
 
     _load_builtins()
     found: dict[str, TaskSpec] = {}
-    for task_dir in [builtin_task_dir(), *extra_dirs]:
+    for task_dir in [builtin_task_dir(), *_REGISTRY.search_paths, *extra_dirs]:
         if not task_dir.is_dir():
             raise HarnessError("task folder does not exist", path=task_dir, field="--tasks-dir")
         for module_path in sorted(task_dir.glob("*.py")) if task_dir != builtin_task_dir() else []:

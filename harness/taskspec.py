@@ -106,7 +106,7 @@ class TaskSpec(BaseModel):
         )
 
 
-def _line_of(node: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
+def yaml_line(node: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
     """1-based line in the YAML source of the value at a pydantic error location (best effort)."""
     line = node.start_mark.line + 1 if node is not None else None
     for key in location:
@@ -149,7 +149,7 @@ def load_task_file(path: Path) -> TaskSpec:
         first = error.errors()[0]
         location = tuple(first["loc"])
         field = ".".join(str(part) for part in location) or None
-        raise HarnessError(first["msg"], path=path, line=_line_of(root, location), field=field) from None
+        raise HarnessError(first["msg"], path=path, line=yaml_line(root, location), field=field) from None
     data_path = spec.data if spec.data.is_absolute() else path.parent / spec.data
     spec = spec.model_copy(update={"data": data_path, "source": path})
     for index, metric_config in enumerate(spec.metrics):
@@ -158,7 +158,7 @@ def load_task_file(path: Path) -> TaskSpec:
             raise HarnessError(
                 f"metric '{metric_def.name}' scores {metric_def.kind} tasks, not {spec.kind} tasks",
                 path=path,
-                line=_line_of(root, ("metrics", index)),
+                line=yaml_line(root, ("metrics", index)),
                 field=f"metrics.{index}",
             )
         unknown = sorted(set(metric_config.options) - set(metric_def.option_names()))
@@ -166,7 +166,7 @@ def load_task_file(path: Path) -> TaskSpec:
             raise HarnessError(
                 f"unknown option(s) {', '.join(unknown)} for metric '{metric_def.name}'",
                 path=path,
-                line=_line_of(root, ("metrics", index, "options")),
+                line=yaml_line(root, ("metrics", index, "options")),
                 field=f"metrics.{index}.options",
                 hint=f"it takes: {', '.join(metric_def.option_names()) or 'no options'}",
             )

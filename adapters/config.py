@@ -1,0 +1,78 @@
+"""Training configuration: every hyperparameter, settable in a YAML file and validated at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adapters.formats import DataFormatName
+from harness.errors import HarnessError
+from harness.taskspec import yaml_line
+
+
+class TrainConfig(BaseModel):
+    """QLoRA / LoRA fine-tuning settings. `quant: nf4` is QLoRA; `quant: none` is plain LoRA."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "gemma-3-270m"
+    quant: Literal["nf4", "none"] = "nf4"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    device: str = "auto"
+    data_format: DataFormatName = "auto"
+    skip_bad_rows: bool = False
+    train_on_prompt: bool = False
+    drop_duplicates: bool = True
+    drop_leaked: bool = True
+    leakage_tasks: list[str] = Field(default_factory=list, description="eval tasks checked for n-gram leakage")
+    max_seq_len: int = Field(512, gt=8)
+    packing: bool = True
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(5, ge=0)
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(4, gt=0, description="sequences per micro-batch")
+    grad_accum: int = Field(1, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share when no --eval-data is given")
+    eval_every: int = Field(20, gt=0)
+    patience: int | None = Field(None, gt=0, description="evaluations without improvement before stopping")
+    save_every: int = Field(20, gt=0)
+
+
+def load_train_config(path: Path | None, overrides: Mapping[str, object]) -> TrainConfig:
+    """The YAML config (if any) with command-line overrides on top; errors name the file, line and field."""
+    raw: dict[str, object] = {}
+    root = None
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+            raw = yaml.safe_load(text) or {}
+            root = yaml.compose(text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise HarnessError(f"cannot read the training config: {error}", path=path) from None
+        if not isinstance(raw, dict):
+            raise HarnessError("a training config must be a mapping of fields", path=path, line=1)
+    try:
+        return TrainConfig.model_validate({**raw, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = tuple(first["loc"])
+        from_file = path is not None and location[0] in raw and location[0] not in overrides
+        raise HarnessError(
+            first["msg"],
+            path=path if from_file else None,
+            line=yaml_line(root, location) if from_file else None,
+            field=".".join(str(p) for p in location),
+        ) from None

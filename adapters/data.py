@@ -1,0 +1,73 @@
+"""Training data end to end: load, check, drop what the checks flag, tokenize, split off the eval set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters.checks import DataReport, check_examples
+from adapters.config import TrainConfig
+from adapters.formats import Example, load_examples
+from adapters.tokenize import TokenizedExample, tokenize_example
+from harness.data import data_fingerprint
+from harness.errors import HarnessError
+from harness.fingerprint import hash_json
+
+
+@dataclass
+class TrainingData:
+    train: list[TokenizedExample]
+    eval: list[TokenizedExample]
+    report: DataReport
+    fingerprint: str
+
+
+def _tokenize_all(examples: list[Example], tokenizer: Any, config: TrainConfig, path: Path) -> list[TokenizedExample]:
+    tokenized = []
+    for example in examples:
+        try:
+            tokenized.append(tokenize_example(example, tokenizer, config.max_seq_len, config.train_on_prompt))
+        except HarnessError as error:
+            raise HarnessError(
+                error.message, path=path, line=example.line, field=error.field, hint=error.hint
+            ) from None
+    return tokenized
+
+
+def _full_lengths(examples: list[Example], tokenizer: Any) -> list[int]:
+    return [len(tokenize_example(e, tokenizer, max_seq_len=10**9, train_on_prompt=True).input_ids) for e in examples]
+
+
+def prepare_training_data(config: TrainConfig, data_path: Path, eval_path: Path | None, tokenizer: Any) -> TrainingData:
+    """Checked, tokenized training and eval examples. The eval set is `eval_path` or a seeded held-out split."""
+    examples, skipped = load_examples(data_path, config.data_format, config.skip_bad_rows)
+    report = check_examples(examples, _full_lengths(examples, tokenizer), config.max_seq_len, config.leakage_tasks)
+    report.skipped = [str(error) for error in skipped]
+    drop = report.lines_to_drop(config.drop_duplicates, config.drop_leaked)
+    examples = [e for e in examples if e.line not in drop]
+    if eval_path is not None:
+        eval_examples, _ = load_examples(eval_path, config.data_format, config.skip_bad_rows)
+        train_examples = examples
+    else:
+        order = np.random.default_rng(config.seed).permutation(len(examples))
+        n_eval = int(len(examples) * config.eval_fraction)
+        eval_examples = [examples[i] for i in sorted(order[:n_eval])]
+        train_examples = [examples[i] for i in sorted(order[n_eval:])]
+    if not train_examples:
+        raise HarnessError("no training rows left after checks and the eval split", path=data_path, field="data")
+    fingerprint = hash_json(
+        {
+            "train": data_fingerprint(data_path),
+            "eval": data_fingerprint(eval_path) if eval_path else None,
+            "dropped": sorted(drop),
+        }
+    )
+    return TrainingData(
+        train=_tokenize_all(train_examples, tokenizer, config, data_path),
+        eval=_tokenize_all(eval_examples, tokenizer, config, eval_path or data_path),
+        report=report,
+        fingerprint=fingerprint,
+    )

@@ -1,0 +1,49 @@
+"""Causal-LM loss over supervised positions only, the LM head applied a chunk of rows at a time.
+
+Under autograd each chunk is checkpointed: its [rows x vocab] logits are recomputed in the backward pass
+instead of being kept, so no more than one chunk of full-vocabulary logits exists at any time (Gemma's
+vocabulary is 262k).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from adapters.packing import Batch, attention_masks
+from adapters.tokenize import IGNORE_INDEX
+from harness.compute import output_head
+
+LOSS_CHUNK_ROWS = 1024
+
+
+def _chunk_nll(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
+) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+
+def supervised_nll(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed NLL (nats) of the batch's supervised tokens; a scalar tensor with grad where the model has it."""
+    decoder, head, softcap = output_head(model)
+    dtype = model.get_input_embeddings().weight.dtype  # embeddings are never quantized
+    masks = attention_masks(model.config, batch.segment_ids, dtype)
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=masks, position_ids=batch.position_ids, use_cache=False)[
+        0
+    ]
+    rows, positions = (batch.labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    positions = positions + 1
+    selected = hidden[rows, positions - 1]  # the state at p-1 predicts the token at p
+    targets = batch.labels[rows, positions]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, selected.shape[0], LOSS_CHUNK_ROWS):
+        chunk = (selected[start : start + LOSS_CHUNK_ROWS], targets[start : start + LOSS_CHUNK_ROWS], head, softcap)
+        total = total + (
+            checkpoint(_chunk_nll, *chunk, use_reentrant=False) if torch.is_grad_enabled() else _chunk_nll(*chunk)
+        )
+    return total

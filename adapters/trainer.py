@@ -1,0 +1,237 @@
+"""The QLoRA / LoRA training loop: explicit code you can read top to bottom, no callback framework.
+
+load base (NF4 for QLoRA) -> LoRA on all linear layers -> packed micro-batches -> loss over supervised tokens,
+normalised by the step's supervised-token count across gradient accumulation -> clip -> AdamW -> warmup+cosine
+-> eval loss every N steps, early stopping, best adapter kept -> checkpoints every N steps -> adapter + manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from adapters import checkpoints
+from adapters.config import TrainConfig
+from adapters.data import TrainingData, prepare_training_data
+from adapters.loss import supervised_nll
+from adapters.packing import collate, pack
+from adapters.tokenize import TokenizedExample
+from harness.models import LoadedModel, ModelOptions, load_model
+from harness.record import write_atomic
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training besides the weights and the optimizer (saved at checkpoints)."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    best_eval_loss: float = math.inf
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+
+
+def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
+    """The base model (quantized for QLoRA) with fresh, seeded LoRA adapters on it."""
+    from peft import LoraConfig, get_peft_model
+
+    options = ModelOptions(name=config.model, quant=config.quant, dtype=config.dtype, device=config.device)
+    loaded = load_model(options)
+    base = loaded.model
+    if config.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora), loaded
+
+
+def micro_batch_schedule(n_rows: int, config: TrainConfig) -> list[list[list[int]]]:
+    """Per optimizer step, its micro-batches of row indices: epochs of seeded shuffles, cut to max_steps."""
+    micro: list[list[int]] = []
+    epoch = 0
+    steps_wanted = config.max_steps
+    while epoch < config.epochs or (steps_wanted and len(micro) < steps_wanted * config.grad_accum):
+        order = np.random.default_rng(config.seed + epoch).permutation(n_rows).tolist()
+        micro += [order[i : i + config.batch_size] for i in range(0, n_rows, config.batch_size)]
+        epoch += 1
+    steps = [micro[i : i + config.grad_accum] for i in range(0, len(micro), config.grad_accum)]
+    return steps[:steps_wanted] if steps_wanted else steps
+
+
+def _rows(data: TrainingData, config: TrainConfig) -> list[list[TokenizedExample]]:
+    if not config.packing:
+        return [[example] for example in data.train]
+    return [[data.train[i] for i in bin_] for bin_ in pack(data.train, config.max_seq_len)]
+
+
+@torch.no_grad()
+def eval_loss(model: Any, examples: list[TokenizedExample], config: TrainConfig, pad_id: int) -> float:
+    """Mean NLL per supervised token over the eval set."""
+    model.eval()
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    nll, tokens = 0.0, 0
+    for start in range(0, len(ordered), config.batch_size):
+        batch = collate([[e] for e in ordered[start : start + config.batch_size]], pad_id)
+        nll += float(supervised_nll(model, batch.to(model.device)))
+        tokens += batch.supervised_tokens
+    model.train()
+    return nll / tokens
+
+
+def _optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    from transformers import get_cosine_schedule_with_warmup
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps), total_steps)
+    return optimizer, scheduler
+
+
+def _train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], config: TrainConfig) -> dict:
+    """One optimizer step over its micro-batches; the loss is normalised by the step's supervised tokens."""
+    n_supervised = sum(batch.supervised_tokens for batch in batches)
+    optimizer.zero_grad(set_to_none=True)
+    step_nll = 0.0
+    for batch in batches:
+        nll = supervised_nll(model, batch.to(model.device))
+        (nll / n_supervised).backward()
+        step_nll += float(nll.detach())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+    learning_rate = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    tokens = sum(int((batch.segment_ids > 0).sum()) for batch in batches)
+    return {"loss": step_nll / n_supervised, "lr": learning_rate, "grad_norm": grad_norm, "tokens": tokens}
+
+
+def _evaluate_and_track(
+    model: Any, data: TrainingData, config: TrainConfig, state: TrainState, out: Path, pad_id: int
+) -> bool:
+    """Eval loss at this step; keep the best adapter; returns True when patience has run out."""
+    loss = eval_loss(model, data.eval, config, pad_id)
+    state.eval_history.append({"step": state.step, "eval_loss": loss})
+    if loss < state.best_eval_loss:
+        state.best_eval_loss, state.best_step, state.evals_without_improvement = loss, state.step, 0
+        checkpoints.save_adapter(model, out / checkpoints.BEST)
+    else:
+        state.evals_without_improvement += 1
+    return config.patience is not None and state.evals_without_improvement >= config.patience
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:.0f} tok/s"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def train(
+    config: TrainConfig,
+    data_path: Path,
+    out: Path,
+    eval_path: Path | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+) -> Path:
+    """Train an adapter into `out` (PEFT safetensors + manifest.json); returns `out`."""
+    console = console or Console(stderr=True)
+    model, loaded = build_model(config)
+    pad_id = loaded.tokenizer.pad_token_id
+    data = prepare_training_data(config, data_path, eval_path, loaded.tokenizer)
+    rows = _rows(data, config)
+    schedule = micro_batch_schedule(len(rows), config)
+    optimizer, scheduler = _optimizer(model, config, len(schedule))
+    state = TrainState()
+    if resume:
+        state = checkpoints.restore_latest(out, model, optimizer, scheduler, config, TrainState) or state
+    model.train()
+    with _progress(console) as progress:
+        bar = progress.add_task("train", total=len(schedule), completed=state.step, loss=math.nan, lr=0.0, tps=0.0)
+        while state.step < len(schedule):
+            started = time.perf_counter()
+            batches = [collate([rows[r] for r in micro], pad_id) for micro in schedule[state.step]]
+            record = _train_step(model, optimizer, scheduler, batches, config)
+            state.train_seconds += time.perf_counter() - started
+            state.step += 1
+            state.tokens_seen += record["tokens"]
+            state.history.append({"step": state.step, **record})
+            last = state.step == len(schedule)
+            stop = False
+            if data.eval and (state.step % config.eval_every == 0 or last):
+                stop = _evaluate_and_track(model, data, config, state, out, pad_id)
+            if state.step % config.save_every == 0 or last or stop:
+                checkpoints.save(out, state.step, model, optimizer, scheduler, config, state)
+            tps = state.tokens_seen / max(state.train_seconds, 1e-9)
+            progress.update(bar, advance=1, loss=record["loss"], lr=record["lr"], tps=tps)
+            if stop:
+                console.print(f"early stopping at step {state.step}: no eval improvement in {config.patience} evals")
+                break
+    return finish(out, model, loaded, data, config, state)
+
+
+def finish(
+    out: Path, model: Any, loaded: LoadedModel, data: TrainingData, config: TrainConfig, state: TrainState
+) -> Path:
+    """Write the adapter (the best by eval loss, if evaluated) and its manifest, the manifest last."""
+    best = out / checkpoints.BEST
+    checkpoints.publish_adapter(best if best.exists() else None, model, out)
+    manifest = {
+        "base_model": config.model,
+        "base_fingerprint": loaded.base_fingerprint,
+        "data_fingerprint": data.fingerprint,
+        "config": config.model_dump(mode="json"),
+        "steps": state.step,
+        "loss_curve": state.history,
+        "eval_curve": state.eval_history,
+        "best_step": state.best_step or None,
+        "best_eval_loss": state.best_eval_loss if math.isfinite(state.best_eval_loss) else None,
+        "train_rows": len(data.train),
+        "eval_rows": len(data.eval),
+        "data_report": {
+            "exact_duplicates": len(data.report.exact_duplicates),
+            "normalized_duplicates": len(data.report.normalized_duplicates),
+            "over_long": len(data.report.over_long),
+            "leaked": len(data.report.leaked),
+            "skipped_bad_rows": len(data.report.skipped),
+        },
+        "wall_seconds": state.train_seconds,
+        "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
+        "peak_memory_bytes": _peak_memory(loaded.device),
+        "device": loaded.device.type,
+    }
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2))
+    return out

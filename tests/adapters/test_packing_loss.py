@@ -1,0 +1,98 @@
+"""Formatting, masks and packing on the real embedded Gemma: a packed batch gives the same per-example losses
+as the examples run one by one, and the chunked loss equals full-logits cross-entropy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from adapters.formats import Example, Turn
+from adapters.loss import supervised_nll
+from adapters.packing import collate, pack
+from adapters.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example
+from harness.models import LoadedModel
+
+EXAMPLES = [
+    Example((Turn("user", "What is the capital of France?"), Turn("model", "Paris.")), 1),
+    Example((Turn("user", "Say hello in Spanish."), Turn("model", "Hola! ¿Qué tal?")), 2),
+    Example(
+        (Turn("user", "Hi"), Turn("model", "Hello."), Turn("user", "Count to three."), Turn("model", "1, 2, 3")), 3
+    ),
+    Example((Turn("text", "Glaciers move slowly but relentlessly."),), 4),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenized(gemma: LoadedModel) -> list[TokenizedExample]:
+    return [tokenize_example(example, gemma.tokenizer, max_seq_len=256) for example in EXAMPLES]
+
+
+def test_prompt_renders_like_the_inference_chat_template(gemma: LoadedModel, tokenized: list[TokenizedExample]) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = gemma.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = gemma.tokenizer(prompt, add_special_tokens=False).input_ids
+    first = tokenized[0]
+    assert first.input_ids[: len(prompt_ids)] == prompt_ids
+    assert first.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+    response = gemma.tokenizer.decode([t for t in first.labels if t != IGNORE_INDEX])
+    assert response == "Paris.<end_of_turn>\n"
+    assert first.input_ids.count(gemma.tokenizer.bos_token_id) == 1
+
+
+def test_multi_turn_supervises_every_model_turn(gemma: LoadedModel, tokenized: list[TokenizedExample]) -> None:
+    labels = tokenized[2].labels
+    supervised_text = gemma.tokenizer.decode([t for t in labels if t != IGNORE_INDEX])
+    assert supervised_text == "Hello.<end_of_turn>\n1, 2, 3<end_of_turn>\n"
+
+
+def test_train_on_prompt_supervises_all_but_bos(gemma: LoadedModel) -> None:
+    example = tokenize_example(EXAMPLES[0], gemma.tokenizer, 256, train_on_prompt=True)
+    assert example.labels[0] == IGNORE_INDEX and example.labels[1:] == example.input_ids[1:]
+
+
+def test_truncation_that_leaves_no_response_is_an_error(gemma: LoadedModel) -> None:
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="max_seq_len"):
+        tokenize_example(EXAMPLES[0], gemma.tokenizer, max_seq_len=8)
+
+
+def only_segment(example: TokenizedExample, keep: bool) -> TokenizedExample:
+    return example if keep else dataclasses.replace(example, labels=[IGNORE_INDEX] * len(example.labels))
+
+
+@torch.no_grad()
+def test_packed_batch_gives_the_same_per_example_losses(gemma: LoadedModel, tokenized: list[TokenizedExample]) -> None:
+    pad_id = gemma.tokenizer.pad_token_id
+    alone = [float(supervised_nll(gemma.model, collate([[example]], pad_id))) for example in tokenized]
+    (bin_,) = pack(tokenized, max_seq_len=512)
+    packed = [
+        float(supervised_nll(gemma.model, collate([[only_segment(tokenized[i], i == target) for i in bin_]], pad_id)))
+        for target in range(len(tokenized))
+    ]
+    assert packed == pytest.approx(alone, rel=1e-4)
+    # And padding: the examples as a right-padded batch of separate rows.
+    padded = collate([[example] for example in tokenized], pad_id)
+    assert float(supervised_nll(gemma.model, padded)) == pytest.approx(sum(alone), rel=1e-4)
+
+
+@torch.no_grad()
+def test_chunked_loss_equals_full_logits_cross_entropy(gemma: LoadedModel, tokenized: list[TokenizedExample]) -> None:
+    example = tokenized[1]
+    ids = torch.tensor([example.input_ids])
+    logits = gemma.model(input_ids=ids).logits[0, :-1]
+    labels = torch.tensor(example.labels[1:])
+    reference = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    assert float(supervised_nll(gemma.model, collate([[example]], gemma.tokenizer.pad_token_id))) == pytest.approx(
+        float(reference), rel=1e-5
+    )
+
+
+def test_pack_respects_the_length_budget() -> None:
+    examples = [TokenizedExample([1] * n, [1] * n, i) for i, n in enumerate([5, 3, 7, 2, 6, 1])]
+    bins = pack(examples, max_seq_len=8)
+    assert sorted(i for b in bins for i in b) == list(range(6))
+    assert all(sum(len(examples[i].input_ids) for i in b) <= 8 for b in bins)
+    assert len(bins) == 3

@@ -1,0 +1,113 @@
+"""The trainer on the real embedded Gemma (CPU): eval loss falls, seeds reproduce, early stopping keeps the
+best adapter, a kill -9 mid-run resumes to the same final loss, and merging preserves the logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapters.config import TrainConfig
+from adapters.trainer import train
+
+NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven"]
+
+
+@pytest.fixture(scope="module")
+def number_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "numbers.jsonl"
+    rows = [{"instruction": f"Write the number {i} in words.", "output": word} for i, word in enumerate(NUMBERS)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def small_config(**changes: object) -> TrainConfig:
+    base = {"max_steps": 4, "batch_size": 2, "packing": False, "eval_every": 2, "save_every": 2,
+            "eval_fraction": 0.25, "lora_r": 4, "warmup_steps": 1, "learning_rate": 1e-3}
+    return TrainConfig.model_validate({**base, **changes})
+
+
+def test_training_lowers_eval_loss_and_writes_a_manifest(number_data: Path, tmp_path: Path) -> None:
+    out = train(small_config(max_steps=6, packing=True), number_data, tmp_path / "adapter")
+    manifest = json.loads((out / "manifest.json").read_text())
+    curve = [point["eval_loss"] for point in manifest["eval_curve"]]
+    assert curve[-1] < curve[0]
+    assert manifest["best_eval_loss"] == min(curve)
+    assert manifest["steps"] == 6 and manifest["train_rows"] == 9 and manifest["eval_rows"] == 3
+    assert manifest["config"]["quant"] == "nf4" and len(manifest["base_fingerprint"]) == 64
+    assert manifest["tokens_per_second"] > 0 and manifest["peak_memory_bytes"] > 0
+    assert all(point["grad_norm"] > 0 and torch.isfinite(torch.tensor(point["grad_norm"]))
+               for point in manifest["loss_curve"])
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+
+
+def test_same_seed_gives_the_same_adapter(number_data: Path, tmp_path: Path) -> None:
+    adapters = []
+    for name in ("first", "second"):
+        out = train(small_config(max_steps=2, quant="none"), number_data, tmp_path / name)
+        adapters.append(load_file(out / "adapter_model.safetensors"))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][key], adapters[1][key]) for key in adapters[0])
+    other_seed = train(small_config(max_steps=2, quant="none", seed=1), number_data, tmp_path / "other")
+    other = load_file(other_seed / "adapter_model.safetensors")
+    assert not all(torch.equal(adapters[0][key], other[key]) for key in other)
+
+
+def test_early_stopping_keeps_the_best_adapter(number_data: Path, tmp_path: Path) -> None:
+    # A learning rate this large makes the eval loss climb after the first evaluation.
+    config = small_config(max_steps=12, learning_rate=0.5, warmup_steps=0, eval_every=1, patience=2, quant="none")
+    out = train(config, number_data, tmp_path / "adapter")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] < 12
+    best = min(manifest["eval_curve"], key=lambda point: point["eval_loss"])
+    assert manifest["best_step"] == best["step"] < manifest["steps"]
+    published = load_file(out / "adapter_model.safetensors")
+    kept = load_file(out / "best" / "adapter_model.safetensors")
+    assert all(torch.equal(published[key], kept[key]) for key in kept)
+
+
+def train_command(data: Path, out: Path, config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "harness", "train", "--data", str(data), "--out", str(out), "--config", str(config),
+            *extra]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_ends_with_the_same_loss(number_data: Path, tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("max_steps: 8\nbatch_size: 2\npacking: false\neval_every: 4\nsave_every: 1\n"
+                      "eval_fraction: 0.25\nlora_r: 4\nwarmup_steps: 1\nlearning_rate: 0.001\n")
+    subprocess.run(train_command(number_data, tmp_path / "whole", config), check=True, capture_output=True)
+    whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+
+    killed_out = tmp_path / "killed"
+    victim = subprocess.Popen(train_command(number_data, killed_out, config), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (killed_out / "checkpoints" / "step-000003").exists() and time.monotonic() < deadline:
+        assert victim.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (killed_out / "manifest.json").exists()
+
+    subprocess.run(train_command(number_data, killed_out, config, "--resume"), check=True, capture_output=True)
+    resumed = json.loads((killed_out / "manifest.json").read_text())
+    assert resumed["steps"] == whole["steps"] == 8
+    assert resumed["loss_curve"][-1]["loss"] == pytest.approx(whole["loss_curve"][-1]["loss"], abs=1e-4)
+    assert resumed["best_eval_loss"] == pytest.approx(whole["best_eval_loss"], abs=1e-4)
+
+
+def test_resume_refuses_a_changed_config(number_data: Path, tmp_path: Path) -> None:
+    from harness.errors import HarnessError
+
+    train(small_config(max_steps=2, quant="none"), number_data, tmp_path / "adapter")
+    with pytest.raises(HarnessError, match="different config"):
+        train(small_config(max_steps=3, quant="none"), number_data, tmp_path / "adapter", resume=True)
