@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.formats import Example, example_text
-from harness.data import load_samples
+from harness.data import read_rows
 from harness.metrics import normalize_text
 from harness.registry import get_tasks
 
@@ -41,14 +41,44 @@ def ngrams(text: str, n: int = LEAKAGE_NGRAM) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def task_ngrams(task_names: Iterable[str], n: int = LEAKAGE_NGRAM) -> dict[tuple[str, ...], str]:
-    """Every n-gram of the named eval tasks' prompts and references, mapped to the task it came from."""
-    index: dict[tuple[str, ...], str] = {}
+@dataclass
+class EvalIndex:
+    """What eval data looks like to the leakage check: n-grams of its long field values, and its short values
+    (fewer than n words, at least `MIN_SHORT_WORDS`) matched whole."""
+
+    grams: dict[tuple[str, ...], str] = field(default_factory=dict)
+    shorts: dict[str, str] = field(default_factory=dict)
+
+    def find(self, text: str, n: int) -> str | None:
+        hit = next((self.grams[gram] for gram in ngrams(text, n) if gram in self.grams), None)
+        if hit is None:
+            padded = f" {normalize_text(text)} "
+            hit = next((task for short, task in self.shorts.items() if f" {short} " in padded), None)
+        return hit
+
+
+MIN_SHORT_WORDS = 6
+
+
+def _field_texts(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [text for item in value for text in _field_texts(item)]
+    return []
+
+
+def eval_index(task_names: Iterable[str], n: int = LEAKAGE_NGRAM) -> EvalIndex:
+    """The leakage index of the named eval tasks, built from every string field of every data row."""
+    index = EvalIndex()
     for spec in get_tasks(list(task_names)):
-        samples, _ = load_samples(spec)
-        for sample in samples:
-            for gram in ngrams(" ".join([sample.prompt, *sample.references]), n):
-                index.setdefault(gram, spec.name)
+        for row in read_rows(spec.data, spec.data_format):
+            for text in (t for value in row.values.values() for t in _field_texts(value)):
+                words = normalize_text(text).split()
+                if len(words) >= n:
+                    index.grams.update({gram: spec.name for gram in ngrams(text, n) if gram not in index.grams})
+                elif len(words) >= MIN_SHORT_WORDS:
+                    index.shorts.setdefault(" ".join(words), spec.name)
     return index
 
 
@@ -74,9 +104,10 @@ def check_examples(
         first_normalized.setdefault(normalized, example.line)
     if token_lengths is not None and max_seq_len is not None:
         report.over_long = [(e.line, n) for e, n in zip(examples, token_lengths, strict=True) if n > max_seq_len]
-    index = task_ngrams(leakage_tasks, ngram) if leakage_tasks else {}
+    leakage_tasks = list(leakage_tasks)
+    index = eval_index(leakage_tasks, ngram) if leakage_tasks else None
     for example in examples if index else []:
-        hit = next((index[gram] for gram in ngrams(example_text(example), ngram) if gram in index), None)
+        hit = index.find(example_text(example), ngram) if index else None
         if hit:
             report.leaked.append((example.line, hit))
     return report

@@ -52,6 +52,7 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     options = ModelOptions(name=config.model, quant=config.quant, dtype=config.dtype, device=config.device)
     loaded = load_model(options)
     base = loaded.model
+    _keep_one_nf4_kernel_path(base)
     if config.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
@@ -64,6 +65,16 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(base, lora), loaded
+
+
+def _keep_one_nf4_kernel_path(model: Any) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks NF4 weights the first time a layer runs in eval mode and
+    uses another kernel from then on, so an evaluation would change the numerics of every later training step
+    (and a resumed run, which has not evaluated yet, would drift from an uninterrupted one). Training keeps the
+    one path that also computes gradients."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def micro_batch_schedule(n_rows: int, config: TrainConfig) -> list[list[list[int]]]:
@@ -178,6 +189,8 @@ def train(
     state = TrainState()
     if resume:
         state = checkpoints.restore_latest(out, model, optimizer, scheduler, config, TrainState) or state
+    if data.eval and state.step == 0:
+        state.eval_history.append({"step": 0, "eval_loss": eval_loss(model, data.eval, config, pad_id)})
     model.train()
     with _progress(console) as progress:
         bar = progress.add_task("train", total=len(schedule), completed=state.step, loss=math.nan, lr=0.0, tps=0.0)

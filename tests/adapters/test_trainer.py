@@ -30,8 +30,17 @@ def number_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_config(**changes: object) -> TrainConfig:
-    base = {"max_steps": 4, "batch_size": 2, "packing": False, "eval_every": 2, "save_every": 2,
-            "eval_fraction": 0.25, "lora_r": 4, "warmup_steps": 1, "learning_rate": 1e-3}
+    base = {
+        "max_steps": 4,
+        "batch_size": 2,
+        "packing": False,
+        "eval_every": 2,
+        "save_every": 2,
+        "eval_fraction": 0.25,
+        "lora_r": 4,
+        "warmup_steps": 1,
+        "learning_rate": 1e-3,
+    }
     return TrainConfig.model_validate({**base, **changes})
 
 
@@ -39,13 +48,15 @@ def test_training_lowers_eval_loss_and_writes_a_manifest(number_data: Path, tmp_
     out = train(small_config(max_steps=6, packing=True), number_data, tmp_path / "adapter")
     manifest = json.loads((out / "manifest.json").read_text())
     curve = [point["eval_loss"] for point in manifest["eval_curve"]]
+    assert manifest["eval_curve"][0]["step"] == 0  # the untrained baseline
     assert curve[-1] < curve[0]
     assert manifest["best_eval_loss"] == min(curve)
     assert manifest["steps"] == 6 and manifest["train_rows"] == 9 and manifest["eval_rows"] == 3
     assert manifest["config"]["quant"] == "nf4" and len(manifest["base_fingerprint"]) == 64
     assert manifest["tokens_per_second"] > 0 and manifest["peak_memory_bytes"] > 0
-    assert all(point["grad_norm"] > 0 and torch.isfinite(torch.tensor(point["grad_norm"]))
-               for point in manifest["loss_curve"])
+    assert all(
+        point["grad_norm"] > 0 and torch.isfinite(torch.tensor(point["grad_norm"])) for point in manifest["loss_curve"]
+    )
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
 
 
@@ -67,7 +78,8 @@ def test_early_stopping_keeps_the_best_adapter(number_data: Path, tmp_path: Path
     out = train(config, number_data, tmp_path / "adapter")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["steps"] < 12
-    best = min(manifest["eval_curve"], key=lambda point: point["eval_loss"])
+    trained = [point for point in manifest["eval_curve"] if point["step"] > 0]  # step 0: before training
+    best = min(trained, key=lambda point: point["eval_loss"])
     assert manifest["best_step"] == best["step"] < manifest["steps"]
     published = load_file(out / "adapter_model.safetensors")
     kept = load_file(out / "best" / "adapter_model.safetensors")
@@ -75,21 +87,35 @@ def test_early_stopping_keeps_the_best_adapter(number_data: Path, tmp_path: Path
 
 
 def train_command(data: Path, out: Path, config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "train", "--data", str(data), "--out", str(out), "--config", str(config),
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "harness",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_kill_9_then_resume_ends_with_the_same_loss(number_data: Path, tmp_path: Path) -> None:
     config = tmp_path / "train.yaml"
-    config.write_text("max_steps: 8\nbatch_size: 2\npacking: false\neval_every: 4\nsave_every: 1\n"
-                      "eval_fraction: 0.25\nlora_r: 4\nwarmup_steps: 1\nlearning_rate: 0.001\n")
+    config.write_text(
+        "max_steps: 8\nbatch_size: 2\npacking: false\neval_every: 4\nsave_every: 1\n"
+        "eval_fraction: 0.25\nlora_r: 4\nwarmup_steps: 1\nlearning_rate: 0.001\n"
+    )
     subprocess.run(train_command(number_data, tmp_path / "whole", config), check=True, capture_output=True)
     whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
 
     killed_out = tmp_path / "killed"
-    victim = subprocess.Popen(train_command(number_data, killed_out, config), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        train_command(number_data, killed_out, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 180
     while not (killed_out / "checkpoints" / "step-000003").exists() and time.monotonic() < deadline:
         assert victim.poll() is None, "the run ended before it could be killed"
@@ -111,3 +137,24 @@ def test_resume_refuses_a_changed_config(number_data: Path, tmp_path: Path) -> N
     train(small_config(max_steps=2, quant="none"), number_data, tmp_path / "adapter")
     with pytest.raises(HarnessError, match="different config"):
         train(small_config(max_steps=3, quant="none"), number_data, tmp_path / "adapter", resume=True)
+
+
+@pytest.mark.parametrize("config_path", sorted((Path(__file__).parents[2] / "examples").glob("train*.yaml")))
+def test_shipped_training_configs_validate(config_path: Path) -> None:
+    from adapters.config import load_train_config
+
+    config = load_train_config(config_path, {})
+    assert config.model == "gemma-3-270m"
+
+
+def test_bad_config_names_file_line_and_field(tmp_path: Path) -> None:
+    from adapters.config import load_train_config
+    from harness.errors import HarnessError
+
+    path = tmp_path / "train.yaml"
+    path.write_text("lora_r: 8\nlearning_rate: -1\n")
+    with pytest.raises(HarnessError, match=r"train.yaml:2: field 'learning_rate'"):
+        load_train_config(path, {})
+    path.write_text("lora_rank: 8\n")
+    with pytest.raises(HarnessError, match="lora_rank"):
+        load_train_config(path, {})
