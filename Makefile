@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	# Torch first: on a CPU machine the CPU build (on this disk) before anything pulls a multi-GB CUDA build.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e '.[dev,quant]'
+	$(BIN)/pip install -q -e '.[dev,quant,judge-server]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -30,6 +30,12 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 TasksDirOption = Annotated[list[Path] | None, typer.Option("--tasks-dir", help="Extra folder of task YAML files")]
+JudgeModelOption = Annotated[str | None, typer.Option(help="Judge model name at --judge-base-url")]
+JudgeUrlOption = Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1")]
+JudgeKeyOption = Annotated[str, typer.Option(help="Environment variable holding the judge API key")]
+JudgeConcurrencyOption = Annotated[int, typer.Option(min=1, help="Judge requests in flight at once")]
+JudgeTimeoutOption = Annotated[float, typer.Option(min=0.1, help="Seconds per judge request")]
+RubricsDirOption = Annotated[list[Path] | None, typer.Option("--rubrics-dir", help="Extra folder of rubric YAML files")]
 
 
 def user_errors(fn: F) -> F:
@@ -98,6 +104,13 @@ def run(
     cache: Annotated[bool, typer.Option(help="Reuse and store per-sample results")] = True,
     cache_path: Annotated[Path | None, typer.Option(help="SQLite cache file (default: the user cache dir)")] = None,
     tasks_dir: TasksDirOption = None,
+    judge_model: JudgeModelOption = None,
+    judge_base_url: JudgeUrlOption = None,
+    judge_api_key_env: JudgeKeyOption = "OPENAI_API_KEY",
+    judge_concurrency: JudgeConcurrencyOption = 4,
+    judge_timeout: JudgeTimeoutOption = 60.0,
+    rubrics_dir: RubricsDirOption = None,
+    skip_judges: Annotated[bool, typer.Option(help="Run tasks that list judges without judging")] = False,
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
     from harness.cache import ResultCache
@@ -106,12 +119,18 @@ def run(
     from harness.runner import RunOptions, evaluate, prepare_tasks
 
     options = _model_options(model=model, dtype=dtype, device=device, quant=quant)
-    run_options = RunOptions(limit=limit, batch_size=batch_size, seed=seed)
     names = [name.strip() for name in tasks.split(",") if name.strip()]
-    prepared = prepare_tasks(get_tasks(names, tasks_dir or []), limit)
+    specs = get_tasks(names, tasks_dir or [])
+    prepared = prepare_tasks(specs, limit)
+    result_cache = ResultCache(cache_path or ResultCache.default_path()) if cache else ResultCache(None)
+    judge = None
+    if any(spec.judges for spec in specs) and not skip_judges:
+        endpoint = _judge_endpoint(judge_model, judge_base_url, judge_api_key_env, judge_concurrency, judge_timeout)
+        judge = _rubric_judge(endpoint, result_cache, rubrics_dir or [], seed)
+        judge.check(specs)
+    run_options = RunOptions(limit=limit, batch_size=batch_size, seed=seed, judge=judge)
     loaded = load_model(options)
     adapter_names: list[str | None] = [loaded.load_adapter(path) for path in adapter or []] or [None]
-    result_cache = ResultCache(cache_path or ResultCache.default_path()) if cache else ResultCache(None)
     for adapter_name in adapter_names:
         with loaded.activate(adapter_name):
             run_result = evaluate(loaded, prepared, result_cache, run_options, err_console)
@@ -124,6 +143,81 @@ def run(
 
 data_app = typer.Typer(no_args_is_help=True, help="Check training data.")
 app.add_typer(data_app, name="data")
+judge_app = typer.Typer(no_args_is_help=True, help="LLM-as-judge over run results.")
+app.add_typer(judge_app, name="judge")
+
+
+def _judge_endpoint(model: str | None, base_url: str | None, api_key_env: str, concurrency: int, timeout: float) -> Any:
+    from judges.client import JudgeEndpoint
+
+    if not model or not base_url:
+        raise HarnessError(
+            "these tasks list judges: pass --judge-model and --judge-base-url (or --skip-judges)",
+            field="--judge-base-url",
+        )
+    return JudgeEndpoint(
+        model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout
+    )
+
+
+def _rubric_judge(endpoint: Any, result_cache: Any, rubrics_dir: list[Path], seed: int) -> Any:
+    from judges.client import JudgeClient
+    from judges.scoring import RubricJudge
+
+    return RubricJudge(JudgeClient(endpoint, result_cache), rubrics_dir, seed)
+
+
+@judge_app.command("pairwise")
+@user_errors
+def judge_pairwise(
+    run_a: Annotated[Path, typer.Argument(help="results.json of run A (e.g. the tuned model)")],
+    run_b: Annotated[Path, typer.Argument(help="results.json of run B (e.g. the base model)")],
+    out: Annotated[Path, typer.Option(help="Where to write the pairwise JSON")],
+    rubric: Annotated[str, typer.Option(help="Rubric name or file whose criteria the judge weighs")] = "general",
+    judge_model: JudgeModelOption = None,
+    judge_base_url: JudgeUrlOption = None,
+    judge_api_key_env: JudgeKeyOption = "OPENAI_API_KEY",
+    judge_concurrency: JudgeConcurrencyOption = 4,
+    judge_timeout: JudgeTimeoutOption = 60.0,
+    rubrics_dir: RubricsDirOption = None,
+    cache_path: Annotated[Path | None, typer.Option(help="SQLite cache file")] = None,
+) -> None:
+    """Judge two runs' outputs for the same prompts in both orders: win/tie/loss and position consistency."""
+    from harness.cache import ResultCache
+    from harness.record import write_atomic
+    from judges.client import JudgeClient
+    from judges.pairwise import pairwise_runs
+    from judges.rubric import find_rubric
+
+    endpoint = _judge_endpoint(judge_model, judge_base_url, judge_api_key_env, judge_concurrency, judge_timeout)
+    runs = [_read_run(path) for path in (run_a, run_b)]
+    client = JudgeClient(endpoint, ResultCache(cache_path or ResultCache.default_path()))
+    result = pairwise_runs(runs[0], runs[1], find_rubric(rubric, rubrics_dir or []), client)
+    write_atomic(out, result.model_dump_json(indent=2))
+    table = Table(
+        "task", "n", "win", "tie", "loss", "consistency", "errors", title=f"{run_a.parent.name} vs {run_b.parent.name}"
+    )
+    for name, task in result.tasks.items():
+        table.add_row(
+            name,
+            str(task.n),
+            f"{task.win_rate:.2f}",
+            f"{task.tie_rate:.2f}",
+            f"{task.loss_rate:.2f}",
+            f"{task.position_consistency:.2f}",
+            str(task.n_errors),
+        )
+    console.print(table)
+    console.print(f"pairwise: {out}  ({result.judge_calls} judge calls)")
+
+
+def _read_run(path: Path) -> RunResult:
+    from pydantic import ValidationError
+
+    try:
+        return RunResult.read(path)
+    except (OSError, ValueError, ValidationError) as error:
+        raise HarnessError(f"not a readable results.json: {str(error).splitlines()[0]}", path=path) from None
 
 
 @app.command("train")

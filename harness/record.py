@@ -10,12 +10,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
 
 class MetricValue(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # NaN stays NaN (no samples), not null
+
     value: float
     stderr: float | None = None
     ci_low: float | None = None
@@ -23,6 +25,8 @@ class MetricValue(BaseModel):
     higher_is_better: bool | None = None  # None: informational (a count or a sum), not a score
     metric: str
     signature: str | None = None
+    n: int | None = None  # samples the value is over, where some were excluded (judge errors)
+    n_errors: int | None = None  # judge failures: counted and excluded, never scored
 
 
 class SampleRecord(BaseModel):
@@ -31,6 +35,7 @@ class SampleRecord(BaseModel):
     output: str | None = None
     references: list[str] = Field(default_factory=list)
     scores: dict[str, float] = Field(default_factory=dict)
+    judgments: dict[str, Any] = Field(default_factory=dict)  # per rubric: raw judge text and any error
     cached: bool = False
 
 
@@ -69,6 +74,7 @@ class TaskResult(BaseModel):
     task: str
     n_samples: int
     n_cached: int
+    judge_calls: int = 0
     metrics: dict[str, MetricValue]
     samples: list[SampleRecord]
 

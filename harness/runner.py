@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -44,6 +44,23 @@ class RunOptions:
     batch_size: int = 8
     seed: int = 0
     bootstrap_resamples: int = 1000
+    judge: TaskJudge | None = None
+
+
+@dataclass
+class JudgedTask:
+    """What a judge adds to a task's results: per-sample scores and judgments, and corpus values."""
+
+    sample_scores: list[dict[str, float]]
+    sample_judgments: list[dict[str, Any]]
+    metrics: dict[str, MetricValue]
+    calls: int
+
+
+class TaskJudge(Protocol):
+    """Scores generated outputs with the task's judges (implemented in `judges/`)."""
+
+    def __call__(self, spec: TaskSpec, samples: Sequence[Sample], predictions: Sequence[str]) -> JudgedTask: ...
 
 
 @dataclass(frozen=True)
@@ -169,7 +186,22 @@ def _score_task(
                 ci_low=spread.ci_low if spread else None,
                 ci_high=spread.ci_high if spread else None,
             )
-    return TaskResult(task=spec.name, n_samples=len(records), n_cached=len(cached), metrics=metrics, samples=records)
+    judge_calls = 0
+    if spec.judges and options.judge is not None:
+        judged = options.judge(spec, task.samples, predictions)
+        for record, scores, judgments in zip(records, judged.sample_scores, judged.sample_judgments, strict=True):
+            record.scores.update(scores)
+            record.judgments.update(judgments)
+        metrics.update(judged.metrics)
+        judge_calls = judged.calls
+    return TaskResult(
+        task=spec.name,
+        n_samples=len(records),
+        n_cached=len(cached),
+        judge_calls=judge_calls,
+        metrics=metrics,
+        samples=records,
+    )
 
 
 def _git_sha() -> str | None:

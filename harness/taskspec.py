@@ -48,6 +48,16 @@ class MetricConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class JudgeConfig(BaseModel):
+    """An LLM-as-judge scorer: a rubric by name or path, plus the style a style rubric compares against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rubric: str
+    style: str | None = None
+    style_examples: list[str] = Field(default_factory=list)
+
+
 class PerplexityConfig(BaseModel):
     """Rolling-window settings: windows of `max_length` tokens advancing by `stride`."""
 
@@ -82,6 +92,7 @@ class TaskSpec(BaseModel):
     fewshot_separator: str = "\n\n"
     target_delimiter: str = " "  # between a few-shot prompt and its answer
     metrics: list[MetricConfig] = Field(min_length=1)
+    judges: list[JudgeConfig] = Field(default_factory=list)
     generation: GenerationConfig = GenerationConfig()
     perplexity: PerplexityConfig = PerplexityConfig()
     source: Path | None = Field(default=None, exclude=True)
@@ -93,10 +104,19 @@ class TaskSpec(BaseModel):
             return [{"name": item} if isinstance(item, str) else item for item in value]
         return value
 
+    @field_validator("judges", mode="before")
+    @classmethod
+    def _judge_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"rubric": item} if isinstance(item, str) else item for item in value]
+        return value
+
     @model_validator(mode="after")
     def _generate_needs_reference(self) -> TaskSpec:
         if self.kind == "generate" and not self.reference_field:
             raise ValueError("a generate task needs reference_field")
+        if self.kind == "perplexity" and self.judges:
+            raise ValueError("judges score generated text: a perplexity task cannot list judges")
         return self
 
     def fingerprint(self, data_fingerprint: str) -> str:

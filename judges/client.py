@@ -1,0 +1,143 @@
+"""The judge client: the OpenAI SDK (`AsyncOpenAI`) against any OpenAI-compatible base URL.
+
+Retries with backoff (honouring Retry-After on 429) on 429, 5xx, timeouts and connection errors are the SDK's
+own (`max_retries`); concurrency is bounded by a semaphore; every completed judgment is cached in SQLite, so a
+re-run makes no calls. Failures that may pass (network, 5xx after retries) are recorded but not cached. The
+API key is read from an environment variable and goes nowhere but the Authorization header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from harness.cache import ResultCache
+from judges.parse import JudgeParseError
+
+T = TypeVar("T")
+
+REASK = "Your previous answer was not valid ({error}). Reply again with only the JSON object, in the shape asked for."
+
+
+class JudgeEndpoint(BaseModel):
+    """Where and how to call the judge. The key itself is never stored: only the variable's name."""
+
+    model: str
+    base_url: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 60.0
+    max_retries: int = 3
+    concurrency: int = 4
+    temperature: float = 0.0
+    max_tokens: int = 256
+    logprobs: bool = True
+
+
+@dataclass
+class Judgment(Generic[T]):
+    value: T | None
+    raw: str = ""
+    error: str | None = None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    cached: bool = False
+
+
+class JudgeClient:
+    """Sends judge requests; `calls` counts requests made (a cached judgment makes none)."""
+
+    def __init__(self, endpoint: JudgeEndpoint, cache: ResultCache) -> None:
+        self.endpoint = endpoint
+        self.cache = cache
+        self.calls = 0
+
+    def _client(self) -> Any:
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(
+            base_url=self.endpoint.base_url,
+            api_key=os.environ.get(self.endpoint.api_key_env) or "not-set",
+            timeout=self.endpoint.timeout,
+            max_retries=self.endpoint.max_retries,
+        )
+
+    def _request(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "model": self.endpoint.model,
+            "messages": messages,
+            "temperature": self.endpoint.temperature,
+            "max_tokens": self.endpoint.max_tokens,
+            "response_format": {"type": "json_object", "schema": schema},
+        }
+        if self.endpoint.logprobs:
+            request.update(logprobs=True, top_logprobs=5)
+        return request
+
+    async def _complete(self, client: Any, request: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        self.calls += 1
+        response = await client.chat.completions.create(**request)
+        choice = response.choices[0]
+        content = choice.message.content or ""
+        logprobs = [token.model_dump() for token in (choice.logprobs.content or [])] if choice.logprobs else []
+        return content, logprobs
+
+    async def _judge_one(
+        self, client: Any, semaphore: asyncio.Semaphore, request: dict[str, Any], parse: Callable[[str], T]
+    ) -> Judgment[T]:
+        from openai import APIError
+
+        key = ResultCache.key(kind="judge", base_url=self.endpoint.base_url, request=request)
+        found = self.cache.get_many([key]).get(key)
+        if found is not None:
+            return Judgment(
+                value=found["value"], raw=found["raw"], error=found["error"], logprobs=found["logprobs"], cached=True
+            )
+        async with semaphore:
+            try:
+                raw, logprobs = await self._complete(client, request)
+                try:
+                    judgment = Judgment(value=parse(raw), raw=raw, logprobs=logprobs)
+                except JudgeParseError as first_error:
+                    reask = {
+                        **request,
+                        "messages": [
+                            *request["messages"],
+                            {"role": "assistant", "content": raw},
+                            {"role": "user", "content": REASK.format(error=first_error)},
+                        ],
+                    }
+                    raw, logprobs = await self._complete(client, reask)
+                    try:
+                        judgment = Judgment(value=parse(raw), raw=raw, logprobs=logprobs)
+                    except JudgeParseError as error:
+                        judgment = Judgment(value=None, raw=raw, error=f"unparseable after a re-ask: {error}")
+            except APIError as error:
+                return Judgment(value=None, error=f"{type(error).__name__}: {error}")
+        self.cache.put_many(
+            {
+                key: {
+                    "value": judgment.value,
+                    "raw": judgment.raw,
+                    "error": judgment.error,
+                    "logprobs": judgment.logprobs,
+                }
+            }
+        )
+        return judgment
+
+    def judge_all(
+        self, requests: Sequence[tuple[list[dict[str, str]], dict[str, Any]]], parse: Callable[[str], T]
+    ) -> list[Judgment[T]]:
+        """Judge (messages, schema) pairs concurrently, in order; failures are Judgments with an error."""
+
+        async def run() -> list[Judgment[T]]:
+            semaphore = asyncio.Semaphore(self.endpoint.concurrency)
+            async with self._client() as client:
+                jobs = [self._judge_one(client, semaphore, self._request(m, s), parse) for m, s in requests]
+                return list(await asyncio.gather(*jobs))
+
+        return asyncio.run(run())

