@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.cache import ResultCache
 from harness.data import Sample
+from harness.runner import JudgedTask
 from harness.taskspec import TaskSpec
 from judges.client import JudgeClient, JudgeEndpoint
 from judges.scoring import RubricJudge
@@ -28,7 +29,7 @@ PLANS = {
 }
 
 
-def judge_everything(base_url: str, cache: ResultCache) -> tuple[RubricJudge, object]:
+def judge_everything(base_url: str, cache: ResultCache) -> JudgedTask:
     endpoint = JudgeEndpoint(
         model="fault", base_url=base_url, timeout=1.0, max_retries=2, concurrency=4, logprobs=False
     )
@@ -44,7 +45,7 @@ def judge_everything(base_url: str, cache: ResultCache) -> tuple[RubricJudge, ob
         }
     )
     samples = [Sample(case, f"Prompt CASE-{case}", ["ref"]) for case in [*PLANS, "fine"]]
-    return judge, judge(spec, samples, ["an answer"] * len(samples))
+    return judge(spec, samples, ["an answer"] * len(samples))
 
 
 def test_faults_are_retried_or_recorded_and_the_rest_is_scored(
@@ -52,9 +53,9 @@ def test_faults_are_retried_or_recorded_and_the_rest_is_scored(
 ) -> None:
     base_url, server = fault_server(PLANS, GOOD, hang_seconds=3.0)
     started = time.monotonic()
-    judge, judged = judge_everything(base_url, ResultCache(tmp_path / "cache.sqlite"))
-    by_case = dict(zip([*PLANS, "fine"], judged.sample_judgments, strict=True))  # type: ignore[attr-defined]
-    scores = dict(zip([*PLANS, "fine"], judged.sample_scores, strict=True))  # type: ignore[attr-defined]
+    judged = judge_everything(base_url, ResultCache(tmp_path / "cache.sqlite"))
+    by_case = dict(zip([*PLANS, "fine"], judged.sample_judgments, strict=True))
+    scores = dict(zip([*PLANS, "fine"], judged.sample_scores, strict=True))
     attempts = server.attempts  # type: ignore[attr-defined]
 
     for case in ("429", "500", "hang", "reset", "fine"):
@@ -72,17 +73,17 @@ def test_faults_are_retried_or_recorded_and_the_rest_is_scored(
     for case in ("badjson", "missing", "dead"):
         assert "general.relevance" not in scores[case]  # excluded, not scored 0
 
-    relevance = judged.metrics["general.relevance"]  # type: ignore[attr-defined]
+    relevance = judged.metrics["general.relevance"]
     assert (relevance.n, relevance.n_errors, relevance.value) == (5, 3, 4.0)
 
 
 def test_a_rerun_calls_only_for_what_failed_in_transit(
     fault_server: Callable[..., tuple[str, object]], tmp_path: Path
 ) -> None:
-    base_url, server = fault_server(PLANS, GOOD, hang_seconds=3.0)
+    base_url, _ = fault_server(PLANS, GOOD, hang_seconds=3.0)
     cache = ResultCache(tmp_path / "cache.sqlite")
     judge_everything(base_url, cache)
-    rerun_judge, rerun = judge_everything(base_url, cache)
+    rerun = judge_everything(base_url, cache)
     # Only "dead" is asked again: a 5xx after retries is not cached; parse failures are final and cached.
-    assert rerun.calls == 1  # type: ignore[attr-defined]
-    assert "unparseable" in rerun.sample_judgments[4]["general"]["error"]  # type: ignore[attr-defined]
+    assert rerun.calls == 1
+    assert "unparseable" in rerun.sample_judgments[4]["general"]["error"]
