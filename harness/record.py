@@ -56,6 +56,7 @@ class ModelRunSpec(BaseModel):
     base_fingerprint: str
     adapter_path: str | None = None
     adapter_fingerprint: str | None = None
+    training: dict[str, Any] | None = None  # the adapter's manifest.json (loss curve, config) when it has one
     dtype: str
     device: str
     quant: str

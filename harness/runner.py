@@ -8,6 +8,7 @@ are recomputed from those outputs on every run.
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import time
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -212,6 +214,11 @@ def _git_sha() -> str | None:
     return result.stdout.strip() or None
 
 
+def _training_manifest(adapter_dir: Path) -> dict[str, Any] | None:
+    path = adapter_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOptions) -> RunSpec:
     adapter = loaded.adapters.get(loaded.active_adapter) if loaded.active_adapter else None
     model_spec = ModelRunSpec(
@@ -221,6 +228,7 @@ def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOp
         base_fingerprint=loaded.base_fingerprint,
         adapter_path=str(adapter.path) if adapter else None,
         adapter_fingerprint=adapter.fingerprint if adapter else None,
+        training=_training_manifest(adapter.path) if adapter else None,
         dtype=str(loaded.options.resolved_dtype()).removeprefix("torch."),
         device=loaded.device.type,
         quant=loaded.options.quant,

@@ -1,0 +1,114 @@
+"""Markdown for a pull-request comment: the headline table first, details collapsible, under 60k characters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from harness.compare import Comparison, Flip, MetricComparison, RunComparison
+from harness.gate import RuleOutcome
+
+LIMIT = 60_000
+ALPHA = 0.05
+
+
+def format_number(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+
+
+def significance_marker(metric: MetricComparison) -> str:
+    if metric.p_value is None or metric.p_value >= ALPHA or metric.delta == 0:
+        return "·"
+    better = (metric.delta > 0) == metric.higher_is_better
+    return "▲ better" if better else "▼ worse"
+
+
+def headline(comparison: RunComparison) -> str:
+    lines = [
+        f"### {comparison.candidate_label} vs {comparison.baseline_label}",
+        "",
+        "| task | metric | baseline | candidate | Δ | 95% CI of Δ | p | MDE | |",
+        "|---|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for task in comparison.tasks.values():
+        for m in task.metrics:
+            ci = f"[{format_number(m.ci_low)}, {format_number(m.ci_high)}]" if m.ci_low is not None else "–"
+            errors = f" ({m.candidate_errors} judge errors)" if m.candidate_errors else ""
+            lines.append(
+                f"| {task.task} | {m.metric}{errors} | {format_number(m.baseline)} | {format_number(m.candidate)} | "
+                f"{m.delta:+.4g} | {ci} | {format_number(m.p_value)} | {format_number(m.mde)} | "
+                f"{significance_marker(m)} |"
+            )
+    lines.append("")
+    lines.append(
+        f"▲/▼: p < {ALPHA} (paired permutation; exact McNemar for exact match). MDE: the smallest "
+        "difference this sample size detects with 80% power."
+    )
+    return "\n".join(lines)
+
+
+def _clip(text: str | None, limit: int = 300) -> str:
+    text = (text or "").replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _flip_table(title: str, flips: Sequence[Flip]) -> str:
+    if not flips:
+        return ""
+    rows = [f"**{title}**", "", "| id | Δ | baseline output | candidate output | reference |", "|---|---:|---|---|---|"]
+    rows += [
+        f"| {f.id} | {f.delta:+.3g} | {_clip(f.baseline_output)} | {_clip(f.candidate_output)} | "
+        f"{_clip(' / '.join(f.references))} |"
+        for f in flips
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def _pairwise(comparison: RunComparison) -> str:
+    if not comparison.pairwise:
+        return ""
+    rows = ["| task | n | win | tie | loss | position consistency | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for task in comparison.pairwise["tasks"].values():
+        rows.append(
+            f"| {task['task']} | {task['n']} | {task['win_rate']:.2f} | {task['tie_rate']:.2f} | "
+            f"{task['loss_rate']:.2f} | {task['position_consistency']:.2f} | {task['n_errors']} |"
+        )
+    return (
+        f"<details><summary>Pairwise judge ({comparison.pairwise['rubric']}, candidate vs baseline)</summary>"
+        "\n\n" + "\n".join(rows) + "\n\n</details>"
+    )
+
+
+def gate_summary(outcomes: Sequence[RuleOutcome]) -> str:
+    passed = all(o.passed for o in outcomes)
+    lines = [f"### Gate: {'✅ passed' if passed else '❌ failed'}", "", "| rule | result | detail |", "|---|---|---|"]
+    lines += [
+        f"| {o.rule.task}/{o.rule.metric} | {'pass' if o.passed else '**FAIL**'} | {_clip(o.message)} |"
+        for o in outcomes
+    ]
+    return "\n".join(lines)
+
+
+def render_markdown(comparison: Comparison, gate: Sequence[RuleOutcome] = ()) -> str:
+    """The report; detail sections are dropped (and said so) once the text would pass 60k characters."""
+    parts = [headline(c) for c in comparison.comparisons]
+    if gate:
+        parts.insert(0, gate_summary(gate))
+    details = []
+    for run_comparison in comparison.comparisons:
+        details.append(_pairwise(run_comparison))
+        for task in run_comparison.tasks.values():
+            body = _flip_table("Most improved", task.improved) + "\n" + _flip_table("Most regressed", task.regressed)
+            if body.strip():
+                details.append(
+                    f"<details><summary>{task.task}: samples that changed most ({task.flip_score})"
+                    f"</summary>\n\n{body}\n</details>"
+                )
+    text = "\n\n".join(parts)
+    for index, section in enumerate(d for d in details if d):
+        if len(text) + len(section) + 200 > LIMIT:
+            text += f"\n\n_{len(details) - index} detail sections left out to stay under {LIMIT:,} characters._"
+            break
+        text += "\n\n" + section
+    return text + "\n"

@@ -1,0 +1,190 @@
+"""Compare, gate and reports on real runs of the embedded Gemma; the HTML report in real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.compare import compare_runs, mcnemar_p
+from harness.errors import HarnessError
+from harness.record import RunResult
+from reports.markdown import LIMIT, render_markdown
+
+RULES = """alpha: 0.05
+rules:
+  - {task: plain_english, metric: chrf, max_drop: 5.0}
+  - {task: plain_english, metric: rouge1, max_drop_relative: 0.2}
+  - {task: factual_qa, metric: exact_match, min: 0.1}
+"""
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [([0] * 5, [1] * 5, 0.0625), ([1] + [0] * 9, [0] + [1] * 9, 22 / 1024), ([1, 0], [1, 0], 1.0)],
+)
+def test_exact_mcnemar(a: list[int], b: list[int], expected: float) -> None:
+    assert mcnemar_p(a, b) == pytest.approx(expected)
+
+
+def test_a_run_against_itself_shows_no_difference(real_runs: dict[str, Path]) -> None:
+    run = RunResult.read(real_runs["greedy"])
+    comparison = compare_runs([run, run]).comparisons[0]
+    for metric in (m for task in comparison.tasks.values() for m in task.metrics):
+        assert metric.delta == 0 and metric.p_value == 1.0
+        assert metric.ci_low == metric.ci_high == 0
+    assert all(not task.improved and not task.regressed for task in comparison.tasks.values())
+
+
+def test_greedy_vs_sampled_comparison(real_runs: dict[str, Path]) -> None:
+    greedy, sampled = RunResult.read(real_runs["greedy"]), RunResult.read(real_runs["sampled"])
+    comparison = compare_runs([greedy, sampled]).comparisons[0]
+    chrf = next(m for m in comparison.tasks["plain_english"].metrics if m.metric == "chrf")
+    assert chrf.baseline == pytest.approx(greedy.tasks["plain_english"].metrics["chrf"].value)
+    assert chrf.candidate == pytest.approx(sampled.tasks["plain_english"].metrics["chrf"].value)
+    assert chrf.ci_low <= chrf.delta <= chrf.ci_high  # type: ignore[operator]
+    assert 0 < chrf.p_value <= 1 and chrf.mde > 0  # type: ignore[operator]
+    exact = next(m for m in comparison.tasks["factual_qa"].metrics if m.metric == "exact_match")
+    assert exact.test == "exact McNemar"
+    assert comparison.tasks["plain_english"].n_shared == 8
+
+
+def test_mismatched_data_is_refused(real_runs: dict[str, Path]) -> None:
+    run = RunResult.read(real_runs["greedy"])
+    other = run.model_copy(deep=True)
+    other.spec.tasks[0].data_fingerprint = "0" * 64
+    with pytest.raises(HarnessError, match="differs between the runs"):
+        compare_runs([run, other])
+
+
+def test_gate_fails_on_the_planted_regression_and_passes_without_it(real_runs: dict[str, Path], tmp_path: Path) -> None:
+    rules = tmp_path / "gate.yaml"
+    rules.write_text(RULES)
+    runner = CliRunner()
+    common = ["gate", "--baseline", str(real_runs["greedy"]), "--rules", str(rules)]
+    clean = runner.invoke(
+        app,
+        [
+            *common,
+            "--candidate",
+            str(real_runs["greedy"]),
+            "--junit",
+            str(tmp_path / "clean.xml"),
+            "--out",
+            str(tmp_path / "clean"),
+        ],
+    )
+    assert clean.exit_code == 0, clean.output
+    planted = runner.invoke(
+        app,
+        [
+            *common,
+            "--candidate",
+            str(real_runs["regressed"]),
+            "--junit",
+            str(tmp_path / "planted.xml"),
+            "--out",
+            str(tmp_path / "planted"),
+        ],
+    )
+    assert planted.exit_code == 1, planted.output
+    suite = ET.parse(tmp_path / "planted.xml").getroot()
+    assert int(suite.get("failures", "0")) >= 1
+    failed = [case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None]
+    assert "chrf" in failed
+    assert "Gate: ❌ failed" in (tmp_path / "planted" / "report.md").read_text()
+
+
+def test_bad_gate_rules_name_file_line_and_field(real_runs: dict[str, Path], tmp_path: Path) -> None:
+    rules = tmp_path / "gate.yaml"
+    rules.write_text("rules:\n  - {task: t, metric: m, max_drop: -1}\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "gate",
+            "--baseline",
+            str(real_runs["greedy"]),
+            "--candidate",
+            str(real_runs["greedy"]),
+            "--rules",
+            str(rules),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "gate.yaml:2: field 'rules.0.max_drop'" in " ".join(result.output.split())
+
+
+def test_baseline_save_and_show(real_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["baseline", "save", "main", str(real_runs["greedy"])]).exit_code == 0
+    assert RunResult.read(tmp_path / "baselines" / "main.json") == RunResult.read(real_runs["greedy"])
+    shown = runner.invoke(app, ["baseline", "show", "main"])
+    assert shown.exit_code == 0 and "chrf" in shown.output
+    rules = tmp_path / "gate.yaml"
+    rules.write_text(RULES)
+    gated = runner.invoke(
+        app, ["gate", "--baseline", "main", "--candidate", str(real_runs["greedy"]), "--rules", str(rules)]
+    )
+    assert gated.exit_code == 0, gated.output
+
+
+def test_markdown_stays_under_the_comment_limit(real_runs: dict[str, Path]) -> None:
+    run = RunResult.read(real_runs["greedy"])
+    huge = run.model_copy(deep=True)
+    for task in huge.tasks.values():
+        for sample in task.samples:
+            sample.output = "x " * 5000
+            sample.scores = dict.fromkeys(sample.scores, 0.0)
+    comparison = compare_runs([run, huge, huge, huge, huge, huge])
+    text = render_markdown(comparison)
+    assert len(text) < LIMIT
+    assert text.index("| task | metric |") < text.index("<details>")  # headline first
+
+
+def test_reports_render_in_headless_chromium(real_runs: dict[str, Path], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (make test installs it)"
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app, ["compare", str(real_runs["greedy"]), str(real_runs["sampled"]), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["comparisons"][0]["tasks"]["plain_english"]["metrics"]
+    html = (out / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1200})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((out / "report.html").as_uri())
+        assert page.locator("svg").count() >= 8  # metric charts
+        rows = page.locator("#samples-0-1 tbody tr")
+        total = rows.count()
+        page.fill("input[data-table='samples-0-1']", "plain-001")
+        visible = page.locator("#samples-0-1 tbody tr:visible").count()
+        page.screenshot(path=str(out / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert total == 8 and visible == 1
+    assert (out / "report.png").stat().st_size > 10_000
