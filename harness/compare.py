@@ -76,6 +76,7 @@ class Comparison(BaseModel):
     seed: int
     comparisons: list[RunComparison]
     training: dict[str, Any] | None = None  # the last candidate's adapter manifest (loss curves), if any
+    forgetting: list[str] = []  # tasks shown as the forgetting panel (general-domain perplexity)
 
 
 def run_label(run: RunResult) -> str:

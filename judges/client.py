@@ -36,6 +36,7 @@ class JudgeEndpoint(BaseModel):
     temperature: float = 0.0
     max_tokens: int = 256
     logprobs: bool = True
+    identity: str | None = None  # what keys the cache instead of base_url (the local judge's port changes)
 
 
 @dataclass
@@ -90,7 +91,7 @@ class JudgeClient:
     ) -> Judgment[T]:
         from openai import APIError
 
-        key = ResultCache.key(kind="judge", base_url=self.endpoint.base_url, request=request)
+        key = ResultCache.key(kind="judge", judge=self.endpoint.identity or self.endpoint.base_url, request=request)
         found = self.cache.get_many([key]).get(key)
         if found is not None:
             return Judgment(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.fingerprint import hash_file
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 
@@ -26,6 +27,7 @@ class LocalJudge:
     base_url: str
     model: str
     pid: int
+    identity: str  # stable across runs (the port is not), for the judge cache
 
 
 def smollm2_path() -> Path:
@@ -85,7 +87,8 @@ def local_judge(log_path: Path, n_ctx: int = 4096, timeout: float = 120.0) -> It
     url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_ready(url, process, log_path, timeout)
-        yield LocalJudge(base_url=url, model=LOCAL_MODEL, pid=process.pid)
+        identity = f"local:{LOCAL_MODEL}:{hash_file(smollm2_path())[:16]}"
+        yield LocalJudge(base_url=url, model=LOCAL_MODEL, pid=process.pid, identity=identity)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)

@@ -126,12 +126,14 @@ def _sample_table(task: TaskComparison, table_id: str) -> str:
     )
 
 
-def _comparison_section(index: int, comparison: RunComparison) -> str:
+def _comparison_section(index: int, comparison: RunComparison, forgetting: Sequence[str]) -> str:
     parts = [f"<h2>{escape(comparison.candidate_label)} vs {escape(comparison.baseline_label)}</h2>"]
-    for task_index, task in enumerate(comparison.tasks.values()):
+    ordered = sorted(comparison.tasks.values(), key=lambda t: t.task in forgetting)
+    for task_index, task in enumerate(ordered):
         charts = "".join(metric_chart(m) for m in task.metrics)
+        panel = "Forgetting panel: " if task.task in forgetting else ""
         parts.append(
-            f"<h3>{escape(task.task)} ({task.n_shared} shared samples)</h3>{_metric_rows(task)}"
+            f"<h3>{panel}{escape(task.task)} ({task.n_shared} shared samples)</h3>{_metric_rows(task)}"
             f'<div class="charts">{charts}</div>{_sample_table(task, f"samples-{index}-{task_index}")}'
         )
     if comparison.pairwise:
@@ -147,7 +149,42 @@ def _comparison_section(index: int, comparison: RunComparison) -> str:
     return "".join(parts)
 
 
-def render_html(comparison: Comparison, gate: Sequence[RuleOutcome] = ()) -> str:
+def sparkline(values: Sequence[float]) -> str:
+    if len(values) < 2:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    points = " ".join(
+        f"{4 + 112 * i / (len(values) - 1):.1f},{26 - 22 * (v - low) / span:.1f}" for i, v in enumerate(values)
+    )
+    return f'<svg width="120" height="30"><polyline fill="none" stroke="#3b6fb6" points="{points}"/></svg>'
+
+
+def trend_section(history: Sequence[dict[str, Any]], limit: int = 8) -> str:
+    """Headline metrics of the tuned model across past loop runs (data versions), oldest first."""
+    if len(history) < 2:
+        return ""
+    keys = list(history[-1]["headline"])[:limit]
+    header = "".join(f"<th>{escape(k)}</th>" for k in keys)
+    rows = "".join(
+        f"<tr><td>{escape(entry['created_at'][:19])}</td><td>{escape(entry['data_fingerprint'][:10])}</td>"
+        f"<td>{entry['training_steps']}</td>"
+        + "".join(f"<td>{format_number(entry['headline'].get(k, {}).get('candidate'))}</td>" for k in keys)
+        + "</tr>"
+        for entry in history
+    )
+    lines = "".join(
+        f"<td>{sparkline([e['headline'][k]['candidate'] for e in history if k in e['headline']])}</td>" for k in keys
+    )
+    return (
+        f"<h2>Trend across data versions</h2><table><thead><tr><th>loop run</th><th>data</th><th>steps</th>"
+        f"{header}</tr></thead><tbody>{rows}<tr><td colspan='3'>trend</td>{lines}</tr></tbody></table>"
+    )
+
+
+def render_html(
+    comparison: Comparison, gate: Sequence[RuleOutcome] = (), history: Sequence[dict[str, Any]] = ()
+) -> str:
     gate_html = ""
     if gate:
         items = "".join(
@@ -156,11 +193,11 @@ def render_html(comparison: Comparison, gate: Sequence[RuleOutcome] = ()) -> str
             for o in gate
         )
         gate_html = f"<h2>Gate: {'passed' if all(o.passed for o in gate) else 'failed'}</h2><ul>{items}</ul>"
-    sections = "".join(_comparison_section(i, c) for i, c in enumerate(comparison.comparisons))
+    sections = "".join(_comparison_section(i, c, comparison.forgetting) for i, c in enumerate(comparison.comparisons))
     training = loss_chart(comparison.training) if comparison.training else ""
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>'
         f"<style>{STYLE}</style></head><body><h1>Evaluation report</h1>"
         f"<p>{comparison.created_at:%Y-%m-%d %H:%M} UTC · seed {comparison.seed}</p>{gate_html}{sections}"
-        f"{training}<script>{SCRIPT}</script></body></html>"
+        f"{training}{trend_section(history)}<script>{SCRIPT}</script></body></html>"
     )

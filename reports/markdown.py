@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.compare import Comparison, Flip, MetricComparison, RunComparison
+from harness.compare import Comparison, Flip, MetricComparison, RunComparison, TaskComparison
 from harness.gate import RuleOutcome
 
 LIMIT = 60_000
@@ -24,14 +24,26 @@ def significance_marker(metric: MetricComparison) -> str:
     return "▲ better" if better else "▼ worse"
 
 
-def headline(comparison: RunComparison) -> str:
+def headline(comparison: RunComparison, forgetting: Sequence[str] = ()) -> str:
+    lines = [f"### {comparison.candidate_label} vs {comparison.baseline_label}", ""]
+    lines += _metric_table([t for t in comparison.tasks.values() if t.task not in forgetting])
+    panel = [t for t in comparison.tasks.values() if t.task in forgetting]
+    if panel:
+        lines += ["", "#### Forgetting (general-domain perplexity, lower is better)", "", *_metric_table(panel)]
+    lines.append("")
+    lines.append(
+        f"▲/▼: p < {ALPHA} (paired permutation; exact McNemar for exact match). MDE: the smallest "
+        "difference this sample size detects with 80% power."
+    )
+    return "\n".join(lines)
+
+
+def _metric_table(tasks: Sequence[TaskComparison]) -> list[str]:
     lines = [
-        f"### {comparison.candidate_label} vs {comparison.baseline_label}",
-        "",
         "| task | metric | baseline | candidate | Δ | 95% CI of Δ | p | MDE | |",
         "|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
-    for task in comparison.tasks.values():
+    for task in tasks:
         for m in task.metrics:
             ci = f"[{format_number(m.ci_low)}, {format_number(m.ci_high)}]" if m.ci_low is not None else "–"
             errors = f" ({m.candidate_errors} judge errors)" if m.candidate_errors else ""
@@ -40,12 +52,7 @@ def headline(comparison: RunComparison) -> str:
                 f"{m.delta:+.4g} | {ci} | {format_number(m.p_value)} | {format_number(m.mde)} | "
                 f"{significance_marker(m)} |"
             )
-    lines.append("")
-    lines.append(
-        f"▲/▼: p < {ALPHA} (paired permutation; exact McNemar for exact match). MDE: the smallest "
-        "difference this sample size detects with 80% power."
-    )
-    return "\n".join(lines)
+    return lines
 
 
 def _clip(text: str | None, limit: int = 300) -> str:
@@ -92,7 +99,7 @@ def gate_summary(outcomes: Sequence[RuleOutcome]) -> str:
 
 def render_markdown(comparison: Comparison, gate: Sequence[RuleOutcome] = ()) -> str:
     """The report; detail sections are dropped (and said so) once the text would pass 60k characters."""
-    parts = [headline(c) for c in comparison.comparisons]
+    parts = [headline(c, comparison.forgetting) for c in comparison.comparisons]
     if gate:
         parts.insert(0, gate_summary(gate))
     details = []

@@ -142,8 +142,9 @@ def test_the_api_key_is_never_written(
     assert server.auth and all(header == f"Bearer {key}" for header in server.auth)  # type: ignore[attr-defined]
     assert key not in result.output
     (results_path,) = (tmp_path / "runs").rglob("results.json")
-    reported = CliRunner().invoke(app, ["compare", str(results_path), str(results_path), "--out",
-                                        str(tmp_path / "report")])
+    reported = CliRunner().invoke(
+        app, ["compare", str(results_path), str(results_path), "--out", str(tmp_path / "report")]
+    )
     assert reported.exit_code == 0 and key not in reported.output
     written = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert {"report.md", "report.html", "comparison.json"} <= {path.name for path in written}
