@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from adapters.formats import Example, example_text
 from harness.data import read_rows
-from harness.metrics import normalize_text
 from harness.registry import get_tasks
+from harness.text import normalize_text
 
 LEAKAGE_NGRAM = 13
 

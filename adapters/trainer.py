@@ -110,7 +110,7 @@ def eval_loss(model: Any, examples: list[TokenizedExample], config: TrainConfig,
     return nll / tokens
 
 
-def _optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+def make_optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
     from transformers import get_cosine_schedule_with_warmup
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -119,7 +119,7 @@ def _optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[torch
     return optimizer, scheduler
 
 
-def _train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], config: TrainConfig) -> dict:
+def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], config: TrainConfig) -> dict:
     """One optimizer step over its micro-batches; the loss is normalised by the step's supervised tokens."""
     n_supervised = sum(batch.supervised_tokens for batch in batches)
     optimizer.zero_grad(set_to_none=True)
@@ -185,7 +185,7 @@ def train(
     data = prepare_training_data(config, data_path, eval_path, loaded.tokenizer)
     rows = _rows(data, config)
     schedule = micro_batch_schedule(len(rows), config)
-    optimizer, scheduler = _optimizer(model, config, len(schedule))
+    optimizer, scheduler = make_optimizer(model, config, len(schedule))
     state = TrainState()
     if resume:
         state = checkpoints.restore_latest(out, model, optimizer, scheduler, config, TrainState) or state
@@ -197,7 +197,7 @@ def train(
         while state.step < len(schedule):
             started = time.perf_counter()
             batches = [collate([rows[r] for r in micro], pad_id) for micro in schedule[state.step]]
-            record = _train_step(model, optimizer, scheduler, batches, config)
+            record = train_step(model, optimizer, scheduler, batches, config)
             state.train_seconds += time.perf_counter() - started
             state.step += 1
             state.tokens_seen += record["tokens"]

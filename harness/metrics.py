@@ -8,8 +8,6 @@ sacrebleu instead of averaging sentence scores; perplexity is token-weighted.
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
@@ -19,22 +17,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from harness.registry import SampleStats, metric
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCTUATION = set(string.punctuation)
-
-
-def normalize_text(
-    text: str, *, ignore_case: bool = True, ignore_punctuation: bool = True, ignore_articles: bool = True
-) -> str:
-    """SQuAD-style answer normalisation; each step can be switched off. Whitespace is always collapsed."""
-    if ignore_case:
-        text = text.lower()
-    if ignore_punctuation:
-        text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    if ignore_articles:
-        text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+from harness.text import normalize_text
 
 
 @metric("exact_match", description="1 if the normalised prediction equals a normalised reference")
