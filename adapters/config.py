@@ -6,12 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.formats import DataFormatName
-from harness.errors import HarnessError
-from harness.taskspec import yaml_line
+from harness.yamlfile import read_mapping, validate
 
 
 class TrainConfig(BaseModel):
@@ -53,26 +51,6 @@ class TrainConfig(BaseModel):
 
 def load_train_config(path: Path | None, overrides: Mapping[str, object]) -> TrainConfig:
     """The YAML config (if any) with command-line overrides on top; errors name the file, line and field."""
-    raw: dict[str, object] = {}
-    root = None
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-            raw = yaml.safe_load(text) or {}
-            root = yaml.compose(text)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise HarnessError(f"cannot read the training config: {error}", path=path) from None
-        if not isinstance(raw, dict):
-            raise HarnessError("a training config must be a mapping of fields", path=path, line=1)
-    try:
-        return TrainConfig.model_validate({**raw, **{k: v for k, v in overrides.items() if v is not None}})
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = tuple(first["loc"])
-        from_file = path is not None and location[0] in raw and location[0] not in overrides
-        raise HarnessError(
-            first["msg"],
-            path=path if from_file else None,
-            line=yaml_line(root, location) if from_file else None,
-            field=".".join(str(p) for p in location),
-        ) from None
+    raw, root = read_mapping(path, "a training config") if path is not None else ({}, None)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return validate(TrainConfig, {**raw, **given}, path, root, from_file=set(raw) - set(given))

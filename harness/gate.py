@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness.compare import MetricComparison, RunComparison
-from harness.errors import HarnessError
-from harness.taskspec import yaml_line
+from harness.yamlfile import load_model_file
 
 
 class GateRule(BaseModel):
@@ -47,19 +45,7 @@ class RuleOutcome(BaseModel):
 
 
 def load_rules(path: Path) -> GateRules:
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw, root = yaml.safe_load(text), yaml.compose(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise HarnessError(f"cannot read gate rules: {error}", path=path) from None
-    try:
-        return GateRules.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = tuple(first["loc"])
-        raise HarnessError(
-            first["msg"], path=path, line=yaml_line(root, location), field=".".join(str(p) for p in location)
-        ) from None
+    return load_model_file(path, GateRules, "gate rules")
 
 
 def _worsening(metric: MetricComparison) -> float:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from harness.errors import HarnessError
-from harness.taskspec import yaml_line
+from harness.yamlfile import load_model_file
 
 
 class PairwiseConfig(BaseModel):
@@ -44,22 +42,7 @@ class Suite(BaseModel):
 
 
 def load_suite(path: Path) -> Suite:
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw, root = yaml.safe_load(text), yaml.compose(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise HarnessError(f"cannot read the suite: {error}", path=path) from None
-    if not isinstance(raw, dict):
-        raise HarnessError("a suite must be a mapping of fields", path=path, line=1)
-    raw.setdefault("name", path.stem)
-    try:
-        suite = Suite.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = tuple(first["loc"])
-        raise HarnessError(
-            first["msg"], path=path, line=yaml_line(root, location), field=".".join(str(p) for p in location)
-        ) from None
+    suite = load_model_file(path, Suite, "a suite", defaults={"name": path.stem})
     relative = {
         key: path.parent / value
         for key, value in (("tasks_dir", suite.tasks_dir), ("gate", suite.gate))

@@ -17,11 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.errors import HarnessError
 from harness.fingerprint import hash_json
+from harness.yamlfile import read_mapping, validate, yaml_line
 
 DataFormat = Literal["auto", "jsonl", "csv", "parquet", "hf_disk"]
 
@@ -126,50 +126,12 @@ class TaskSpec(BaseModel):
         )
 
 
-def yaml_line(node: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
-    """1-based line in the YAML source of the value at a pydantic error location (best effort)."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in location:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == key), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            match = node.value[key]
-        else:
-            match = None
-        if match is None:
-            break
-        node, line = match, match.start_mark.line + 1
-    return line
-
-
 def load_task_file(path: Path) -> TaskSpec:
     """Parse and validate one task YAML; errors name the file, line and field."""
     from harness.registry import get_metric
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise HarnessError(f"cannot read task file: {error}", path=path) from None
-    try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise HarnessError(
-            f"malformed YAML: {getattr(error, 'problem', error)}",
-            path=path,
-            line=mark.line + 1 if mark else None,
-        ) from None
-    if not isinstance(raw, dict):
-        raise HarnessError("a task file must be a mapping of fields", path=path, line=1)
-    raw.setdefault("name", path.stem)
-    try:
-        spec = TaskSpec.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = tuple(first["loc"])
-        field = ".".join(str(part) for part in location) or None
-        raise HarnessError(first["msg"], path=path, line=yaml_line(root, location), field=field) from None
+    raw, root = read_mapping(path, "a task file")
+    spec = validate(TaskSpec, {"name": path.stem, **raw}, path, root)
     data_path = spec.data if spec.data.is_absolute() else path.parent / spec.data
     spec = spec.model_copy(update={"data": data_path, "source": path})
     for index, metric_config in enumerate(spec.metrics):

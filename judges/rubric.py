@@ -8,12 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.errors import HarnessError
 from harness.fingerprint import hash_json
-from harness.taskspec import yaml_line
+from harness.yamlfile import load_model_file
 
 BUILTIN_RUBRICS = Path(__file__).parent / "rubrics"
 SCALE = (1, 2, 3, 4, 5)
@@ -49,23 +48,7 @@ class Rubric(BaseModel):
 
 
 def load_rubric_file(path: Path) -> Rubric:
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise HarnessError(f"cannot read rubric: {error}", path=path) from None
-    if not isinstance(raw, dict):
-        raise HarnessError("a rubric file must be a mapping of fields", path=path, line=1)
-    raw.setdefault("name", path.stem)
-    try:
-        return Rubric.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = tuple(first["loc"])
-        raise HarnessError(
-            first["msg"], path=path, line=yaml_line(root, location), field=".".join(str(p) for p in location)
-        ) from None
+    return load_model_file(path, Rubric, "a rubric", defaults={"name": path.stem})
 
 
 def find_rubric(name_or_path: str, extra_dirs: Iterable[Path] = ()) -> Rubric:

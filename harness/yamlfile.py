@@ -1,0 +1,77 @@
+"""Reading YAML files into pydantic models, with errors that name the file, the line and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from harness.errors import HarnessError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def yaml_line(node: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
+    """1-based line in the YAML source of the value at a pydantic error location (best effort)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in location:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            match = node.value[key]
+        else:
+            match = None
+        if match is None:
+            break
+        node, line = match, match.start_mark.line + 1
+    return line
+
+
+def read_mapping(path: Path, what: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    """The YAML file's top-level mapping and its node tree (for line numbers)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise HarnessError(f"cannot read {what}: {error}", path=path) from None
+    try:
+        raw, root = yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise HarnessError(
+            f"malformed YAML: {getattr(error, 'problem', error)}", path=path, line=mark.line + 1 if mark else None
+        ) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise HarnessError(f"{what} must be a mapping of fields", path=path, line=1)
+    return raw, root
+
+
+def validate(
+    model: type[Model],
+    raw: dict[str, Any],
+    path: Path | None,
+    root: yaml.Node | None,
+    from_file: set[str] | None = None,
+) -> Model:
+    """`model` from `raw`; the first error names the field, and the file and line when the field came from it
+    (`from_file`: the top-level keys that did; default all)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = tuple(first["loc"])
+        in_file = path is not None and (from_file is None or (bool(location) and location[0] in from_file))
+        raise HarnessError(
+            first["msg"],
+            path=path if in_file else None,
+            line=yaml_line(root, location) if in_file else None,
+            field=".".join(str(part) for part in location) or None,
+        ) from None
+
+
+def load_model_file(path: Path, model: type[Model], what: str, defaults: dict[str, Any] | None = None) -> Model:
+    raw, root = read_mapping(path, what)
+    return validate(model, {**(defaults or {}), **raw}, path, root)
