@@ -25,6 +25,7 @@ from adapters.data import TrainingData, prepare_training_data
 from adapters.loss import supervised_nll
 from adapters.packing import collate, pack
 from adapters.tokenize import TokenizedExample
+from harness import distributed
 from harness.models import LoadedModel, ModelOptions, load_model
 from harness.record import write_atomic
 
@@ -101,13 +102,14 @@ def eval_loss(model: Any, examples: list[TokenizedExample], config: TrainConfig,
     """Mean NLL per supervised token over the eval set."""
     model.eval()
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
-    nll, tokens = 0.0, 0
-    for start in range(0, len(ordered), config.batch_size):
+    starts = distributed.shard(list(range(0, len(ordered), config.batch_size)))
+    totals = torch.zeros(2, dtype=torch.float64)  # NLL, supervised tokens
+    for start in starts:
         batch = collate([[e] for e in ordered[start : start + config.batch_size]], pad_id)
-        nll += float(supervised_nll(model, batch.to(model.device)))
-        tokens += batch.supervised_tokens
+        totals += torch.tensor([float(supervised_nll(model, batch.to(model.device))), batch.supervised_tokens])
+    distributed.sum_tensors(totals)
     model.train()
-    return nll / tokens
+    return float(totals[0] / totals[1])
 
 
 def make_optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
@@ -120,21 +122,28 @@ def make_optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[t
 
 
 def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], config: TrainConfig) -> dict:
-    """One optimizer step over its micro-batches; the loss is normalised by the step's supervised tokens."""
+    """One optimizer step over its micro-batches; the loss is normalised by the step's supervised tokens.
+
+    Under a launcher the micro-batches are shared out across processes and the adapter's gradients summed
+    (all-reduce), so a step is the same global batch whatever the number of processes."""
     n_supervised = sum(batch.supervised_tokens for batch in batches)
     optimizer.zero_grad(set_to_none=True)
-    step_nll = 0.0
-    for batch in batches:
+    step_nll = torch.zeros(1, dtype=torch.float64)
+    for batch in distributed.shard(batches):
         nll = supervised_nll(model, batch.to(model.device))
         (nll / n_supervised).backward()
         step_nll += float(nll.detach())
     trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        if parameter.grad is None:  # a rank with no micro-batch this step still joins the all-reduce
+            parameter.grad = torch.zeros_like(parameter)
+    distributed.sum_tensors(step_nll, *(p.grad for p in trainable))
     grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
     learning_rate = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
     tokens = sum(int((batch.segment_ids > 0).sum()) for batch in batches)
-    return {"loss": step_nll / n_supervised, "lr": learning_rate, "grad_norm": grad_norm, "tokens": tokens}
+    return {"loss": float(step_nll) / n_supervised, "lr": learning_rate, "grad_norm": grad_norm, "tokens": tokens}
 
 
 def _evaluate_and_track(
@@ -145,7 +154,9 @@ def _evaluate_and_track(
     state.eval_history.append({"step": state.step, "eval_loss": loss})
     if loss < state.best_eval_loss:
         state.best_eval_loss, state.best_step, state.evals_without_improvement = loss, state.step, 0
-        checkpoints.save_adapter(model, out / checkpoints.BEST)
+        if distributed.is_main():
+            checkpoints.save_adapter(model, out / checkpoints.BEST)
+        distributed.barrier()
     else:
         state.evals_without_improvement += 1
     return config.patience is not None and state.evals_without_improvement >= config.patience
@@ -159,6 +170,7 @@ def _progress(console: Console) -> Progress:
         TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:.0f} tok/s"),
         TimeRemainingColumn(),
         console=console,
+        disable=not distributed.is_main(),
     )
 
 
@@ -179,6 +191,7 @@ def train(
     console: Console | None = None,
 ) -> Path:
     """Train an adapter into `out` (PEFT safetensors + manifest.json); returns `out`."""
+    distributed.init_from_env()
     console = console or Console(stderr=True)
     model, loaded = build_model(config)
     pad_id = loaded.tokenizer.pad_token_id
@@ -206,14 +219,18 @@ def train(
             stop = False
             if data.eval and (state.step % config.eval_every == 0 or last):
                 stop = _evaluate_and_track(model, data, config, state, out, pad_id)
-            if state.step % config.save_every == 0 or last or stop:
+            if (state.step % config.save_every == 0 or last or stop) and distributed.is_main():
                 checkpoints.save(out, state.step, model, optimizer, scheduler, config, state)
+            distributed.barrier()
             tps = state.tokens_seen / max(state.train_seconds, 1e-9)
             progress.update(bar, advance=1, loss=record["loss"], lr=record["lr"], tps=tps)
             if stop:
                 console.print(f"early stopping at step {state.step}: no eval improvement in {config.patience} evals")
                 break
-    return finish(out, model, loaded, data, config, state)
+    if distributed.is_main():
+        finish(out, model, loaded, data, config, state)
+    distributed.barrier()
+    return out
 
 
 def finish(
@@ -245,6 +262,7 @@ def finish(
         "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
         "peak_memory_bytes": _peak_memory(loaded.device),
         "device": loaded.device.type,
+        "world_size": distributed.world_size(),
     }
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=2))
     return out

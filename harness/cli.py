@@ -114,11 +114,13 @@ def run(
     opik: Annotated[bool, typer.Option(help="Also export each run to Opik (needs the opik extra and config)")] = False,
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
+    from harness import distributed
     from harness.cache import ResultCache
     from harness.models import load_model
     from harness.registry import get_tasks
     from harness.runner import RunOptions, evaluate, prepare_tasks
 
+    distributed.init_from_env()  # under torchrun / accelerate launch: samples are sharded across processes
     options = _model_options(model=model, dtype=dtype, device=device, quant=quant)
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     specs = get_tasks(names, tasks_dir or [])
@@ -135,6 +137,8 @@ def run(
     for adapter_name in adapter_names:
         with loaded.activate(adapter_name):
             run_result = evaluate(loaded, prepared, result_cache, run_options, err_console)
+        if not distributed.is_main():
+            continue
         results_path = run_result.write(out / run_result.run_id / "results.json")
         label = f"{model}" + (f" + {loaded.adapters[adapter_name].path.name}" if adapter_name else "")
         console.print(results_table(run_result, f"{label}  ({run_result.wall_seconds:.1f} s)"))

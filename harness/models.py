@@ -41,7 +41,9 @@ class ModelOptions(BaseModel):
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        from harness.distributed import local_device
+
+        return local_device()
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype != "auto":

@@ -69,6 +69,7 @@ class RunSpec(BaseModel):
     seed: int
     harness_version: str
     git_sha: str | None = None
+    world_size: int = 1  # processes the samples were sharded across
 
 
 class TaskResult(BaseModel):

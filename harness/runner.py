@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness import compute
+from harness import compute, distributed
 from harness.cache import ResultCache
 from harness.data import Sample, load_samples
 from harness.models import LoadedModel
@@ -127,13 +127,16 @@ def _model_outputs(
     cached = {i for i, key in enumerate(keys) if key in found}
     bar = progress.add_task(task.spec.name, total=len(inputs), completed=len(cached))
     pending = sorted((i for i in range(len(inputs)) if i not in cached), key=lambda i: -len(inputs[i]))
-    for start in range(0, len(pending), options.batch_size):
-        batch = pending[start : start + options.batch_size]
+    mine = distributed.shard(pending)  # under a launcher each rank takes its share; all ranks get every result
+    computed: dict[str, Any] = {}
+    for start in range(0, len(mine), options.batch_size):
+        batch = mine[start : start + options.batch_size]
         results = _compute_batch(loaded, task, [inputs[i] for i in batch], options.batch_size)
         fresh = {keys[i]: result for i, result in zip(batch, results, strict=True)}
         cache.put_many(fresh)
-        found.update(fresh)
-        progress.advance(bar, len(batch))
+        computed.update(fresh)
+        progress.advance(bar, len(batch) * distributed.world_size())
+    found.update(distributed.gather_dicts(computed))
     return inputs, [found[key] for key in keys], cached
 
 
@@ -189,7 +192,7 @@ def _score_task(
                 ci_high=spread.ci_high if spread else None,
             )
     judge_calls = 0
-    if spec.judges and options.judge is not None:
+    if spec.judges and options.judge is not None and distributed.is_main():
         judged = options.judge(spec, task.samples, predictions)
         for record, scores, judgments in zip(records, judged.sample_scores, judged.sample_judgments, strict=True):
             record.scores.update(scores)
@@ -251,6 +254,7 @@ def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOp
         limit=options.limit,
         seed=options.seed,
         harness_version=version("harness"),
+        world_size=distributed.world_size(),
         git_sha=_git_sha(),
     )
 
@@ -266,7 +270,7 @@ def evaluate(
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     results = {}
-    with Progress(*columns, console=console or Console(stderr=True)) as progress:
+    with Progress(*columns, console=console or Console(stderr=True), disable=not distributed.is_main()) as progress:
         for task in tasks:
             inputs, outputs, cached = _model_outputs(loaded, task, cache, options, progress)
             results[task.spec.name] = _score_task(task, inputs, outputs, cached, options)
