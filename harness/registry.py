@@ -1,4 +1,4 @@
-"""The one registry: metrics, judges and Python tasks register by decorator; YAML tasks are found on a path.
+"""The one registry: metrics and Python tasks register by decorator; YAML tasks are found on a search path.
 
 Nothing else in the project lists tasks or metrics by hand.
 """
@@ -92,7 +92,6 @@ class MetricDef:
 class _Registry:
     metrics: dict[str, MetricDef] = field(default_factory=dict)
     python_tasks: dict[str, Callable[[], TaskSpec]] = field(default_factory=dict)
-    judges: dict[str, Any] = field(default_factory=dict)
     search_paths: list[Path] = field(default_factory=list)
     loaded_builtins: bool = False
 

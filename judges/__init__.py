@@ -1,1 +1,1 @@
-"""judges package."""
+"""LLM-as-judge: rubrics, fenced prompts, answer parsing, the OpenAI-compatible client, pairwise judging."""
