@@ -32,7 +32,9 @@ def supervised_nll(model: Any, batch: Batch) -> torch.Tensor:
     """Summed NLL (nats) of the batch's supervised tokens; a scalar tensor with grad where the model has it."""
     decoder, head, softcap = output_head(model)
     dtype = model.get_input_embeddings().weight.dtype  # embeddings are never quantized
-    masks = attention_masks(model.config, batch.segment_ids, dtype)
+    # One example per row and no padding: plain causal attention, which lets sdpa take its fused kernels.
+    single = bool((batch.segment_ids == 1).all())
+    masks = None if single else attention_masks(model.config, batch.segment_ids, dtype)
     hidden = decoder(input_ids=batch.input_ids, attention_mask=masks, position_ids=batch.position_ids, use_cache=False)[
         0
     ]

@@ -81,7 +81,9 @@ def _window_nll(
     for row, window in enumerate(windows):
         input_ids[row, : len(window.input_ids)] = torch.tensor(window.input_ids)
         attention_mask[row, : len(window.input_ids)] = 1
-    hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[0]
+    # Without padding the mask is all ones: leave it out so attention can take the fused causal kernels.
+    mask = None if bool(attention_mask.all()) else attention_mask.to(device)
+    hidden = decoder(input_ids=input_ids.to(device), attention_mask=mask)[0]
     rows, positions = [], []
     for row, window in enumerate(windows):
         for position in range(window.score_from, len(window.input_ids)):
