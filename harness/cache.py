@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,22 @@ class ResultCache:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.commit()
+            self._set_up(self._db)
+
+    @staticmethod
+    def _set_up(db: sqlite3.Connection, attempts: int = 100) -> None:
+        """WAL mode and the table. Switching the journal mode ignores the busy timeout, so when several
+        processes open a new cache at once (ranks under torchrun) the losers wait and try again."""
+        for attempt in range(attempts):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                db.commit()
+                return
+            except sqlite3.OperationalError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05)
 
     @staticmethod
     def default_path() -> Path:
