@@ -7,6 +7,7 @@ go into the run record.
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -143,9 +144,23 @@ class LoadedModel:
                 "not a PEFT adapter folder (no adapter_config.json)", path=adapter_dir, field="--adapter"
             )
         name = name or f"adapter{len(self.adapters)}"
-        fingerprint = hash_files(_matching(adapter_dir, _ADAPTER_PATTERNS), adapter_dir)
+        fingerprint = adapter_fingerprint(adapter_dir)
         self.adapters[name] = AdapterInfo(name=name, path=adapter_dir.resolve(), fingerprint=fingerprint)
         return name
+
+
+_UNORDERED_CONFIG_LISTS = ("target_modules", "modules_to_save", "exclude_modules")
+
+
+def adapter_fingerprint(adapter_dir: Path) -> str:
+    """The adapter's weights plus its config as content: PEFT writes `target_modules` from a set, so the same
+    adapter saved by two processes can list them in different orders."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    for key in _UNORDERED_CONFIG_LISTS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    weights = [p for p in _matching(adapter_dir, _ADAPTER_PATTERNS) if p.name != "adapter_config.json"]
+    return hash_json({"config": config, "weights": hash_files(weights, adapter_dir)})
 
 
 def _attach_adapter(model: Any, adapter: AdapterInfo, first: bool) -> Any:

@@ -95,3 +95,21 @@ def test_bitsandbytes_quantised_inference_stays_close(gemma: LoadedModel, quant:
     # Re-quantising weights that were already 4-bit costs ~13% NLL with NF4; a broken path costs several times.
     assert nll(quantised) == pytest.approx(nll(gemma), rel=0.25)
     assert nll(quantised) != nll(gemma)
+
+
+def test_adapter_fingerprint_ignores_the_order_of_target_modules(gemma: LoadedModel, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from harness.models import adapter_fingerprint
+
+    first = make_adapter(gemma, tmp_path / "first", seed=3)
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    config = json.loads((second / "adapter_config.json").read_text())
+    config["target_modules"] = list(reversed(config["target_modules"]))
+    (second / "adapter_config.json").write_text(json.dumps(config))
+    assert adapter_fingerprint(first) == adapter_fingerprint(second)
+    config["r"] = 8
+    (second / "adapter_config.json").write_text(json.dumps(config))
+    assert adapter_fingerprint(first) != adapter_fingerprint(second)
