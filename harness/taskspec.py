@@ -73,6 +73,13 @@ class PerplexityConfig(BaseModel):
         return self
 
 
+def _expand_shorthand(value: Any, key: str) -> Any:
+    """A YAML list may name an entry by a bare string: `[bleu]` stands for `[{name: bleu}]`."""
+    if isinstance(value, list):
+        return [{key: item} if isinstance(item, str) else item for item in value]
+    return value
+
+
 class TaskSpec(BaseModel):
     """One evaluation task: data, prompt, kind, scorers and decoding settings."""
 
@@ -100,16 +107,12 @@ class TaskSpec(BaseModel):
     @field_validator("metrics", mode="before")
     @classmethod
     def _metric_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"name": item} if isinstance(item, str) else item for item in value]
-        return value
+        return _expand_shorthand(value, "name")
 
     @field_validator("judges", mode="before")
     @classmethod
     def _judge_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"rubric": item} if isinstance(item, str) else item for item in value]
-        return value
+        return _expand_shorthand(value, "rubric")
 
     @model_validator(mode="after")
     def _generate_needs_reference(self) -> TaskSpec:
