@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from harness.errors import HarnessError
 from harness.models import ModelOptions
@@ -175,7 +175,10 @@ def _rubric_judge(endpoint: Any, result_cache: Any, rubrics_dir: list[Path], see
 def headline_table(comparison: Any) -> Table:
     from reports.markdown import format_number, significance_marker
 
-    table = Table("task", "metric", "baseline", "candidate", "delta", "95% CI", "p", "")
+    table = Table("baseline", "candidate", "delta", "95% CI", "p", "")
+    # Task and metric names wrap rather than being cut to "notice…" in a narrow terminal.
+    table.columns.insert(0, Column("metric", overflow="fold"))
+    table.columns.insert(0, Column("task", overflow="fold"))
     for run_comparison in comparison.comparisons:
         for task in run_comparison.tasks.values():
             for m in task.metrics:
