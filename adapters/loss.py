@@ -14,18 +14,9 @@ from torch.utils.checkpoint import checkpoint
 
 from adapters.packing import Batch, attention_masks
 from adapters.tokenize import IGNORE_INDEX
-from harness.compute import output_head
+from harness.compute import chunk_nll, output_head
 
 LOSS_CHUNK_ROWS = 1024
-
-
-def _chunk_nll(
-    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
-) -> torch.Tensor:
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 
 def supervised_nll(model: Any, batch: Batch) -> torch.Tensor:
@@ -44,8 +35,14 @@ def supervised_nll(model: Any, batch: Batch) -> torch.Tensor:
     targets = batch.labels[rows, positions]
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, selected.shape[0], LOSS_CHUNK_ROWS):
-        chunk = (selected[start : start + LOSS_CHUNK_ROWS], targets[start : start + LOSS_CHUNK_ROWS], head, softcap)
+        chunk = (
+            selected[start : start + LOSS_CHUNK_ROWS],
+            targets[start : start + LOSS_CHUNK_ROWS],
+            head,
+            softcap,
+            "sum",
+        )
         total = total + (
-            checkpoint(_chunk_nll, *chunk, use_reentrant=False) if torch.is_grad_enabled() else _chunk_nll(*chunk)
+            checkpoint(chunk_nll, *chunk, use_reentrant=False) if torch.is_grad_enabled() else chunk_nll(*chunk)
         )
     return total

@@ -50,17 +50,24 @@ def output_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, float | N
     return causal_lm.get_decoder(), causal_lm.get_output_embeddings(), softcap
 
 
+def chunk_nll(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None, reduction: str = "none"
+) -> torch.Tensor:
+    """NLL of `targets` for one chunk of final hidden states: LM head, fp32 logits, Gemma 2's soft-cap."""
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.nn.functional.cross_entropy(logits, targets, reduction=reduction)
+
+
 def token_nll(
     hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
 ) -> torch.Tensor:
     """Per-position NLL of `targets` given final hidden states, materialising logits a chunk of rows at a time."""
-    losses = []
-    for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
-        logits = head(hidden[start : start + LOGIT_CHUNK_ROWS]).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        chunk_targets = targets[start : start + LOGIT_CHUNK_ROWS]
-        losses.append(torch.nn.functional.cross_entropy(logits, chunk_targets, reduction="none"))
+    losses = [
+        chunk_nll(hidden[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS], head, softcap)
+        for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS)
+    ]
     return torch.cat(losses) if losses else hidden.new_zeros(0)
 
 
