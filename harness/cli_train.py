@@ -74,6 +74,9 @@ def merge_command(
     """Merge an adapter into its dequantized base and save safetensors."""
     from adapters.merge import merge
 
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise HarnessError(f"'{dtype}' is not one of float32, bfloat16, float16", field="--dtype")
+
     console.print(f"merged: {merge(adapter, out, model, dtype)}")
 
 
