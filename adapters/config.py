@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.formats import DataFormatName
+from harness.models import Attention
 from harness.yamlfile import read_mapping, validate
 
 
@@ -42,6 +43,8 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(1, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile each decoder layer (GPU: fewer, fused kernels)")
+    attention: Attention = Field("auto", description="attention back-end: auto, eager, sdpa or flex_attention")
     seed: int = 0
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share when no --eval-data is given")
     eval_every: int = Field(20, gt=0)

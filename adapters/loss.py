@@ -1,8 +1,7 @@
 """Causal-LM loss over supervised positions only, the LM head applied a chunk of rows at a time.
 
-Under autograd each chunk is checkpointed: its [rows x vocab] logits are recomputed in the backward pass
-instead of being kept, so no more than one chunk of full-vocabulary logits exists at any time (Gemma's
-vocabulary is 262k).
+The frozen head's chunks compute their gradient in the forward pass (harness.headloss), so no more than one
+chunk of full-vocabulary logits exists at any time (Gemma's vocabulary is 262k) and none is recomputed.
 """
 
 from __future__ import annotations
@@ -10,13 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from adapters.packing import Batch, attention_masks
 from adapters.tokenize import IGNORE_INDEX
-from harness.compute import chunk_nll, output_head
-
-LOSS_CHUNK_ROWS = 1024
+from harness.compute import output_head
+from harness.headloss import summed_nll
 
 
 def supervised_nll(model: Any, batch: Batch) -> torch.Tensor:
@@ -32,17 +29,4 @@ def supervised_nll(model: Any, batch: Batch) -> torch.Tensor:
     rows, positions = (batch.labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
     positions = positions + 1
     selected = hidden[rows, positions - 1]  # the state at p-1 predicts the token at p
-    targets = batch.labels[rows, positions]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, selected.shape[0], LOSS_CHUNK_ROWS):
-        chunk = (
-            selected[start : start + LOSS_CHUNK_ROWS],
-            targets[start : start + LOSS_CHUNK_ROWS],
-            head,
-            softcap,
-            "sum",
-        )
-        total = total + (
-            checkpoint(chunk_nll, *chunk, use_reentrant=False) if torch.is_grad_enabled() else chunk_nll(*chunk)
-        )
-    return total
+    return summed_nll(selected, batch.labels[rows, positions], head, softcap)

@@ -26,7 +26,7 @@ from adapters.loss import supervised_nll
 from adapters.packing import collate, pack
 from adapters.tokenize import TokenizedExample
 from harness import distributed
-from harness.models import LoadedModel, ModelOptions, load_model
+from harness.models import LoadedModel, ModelOptions, compile_layers, load_model
 from harness.record import write_atomic
 
 MANIFEST = "manifest.json"
@@ -50,11 +50,13 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     """The base model (quantized for QLoRA) with fresh, seeded LoRA adapters on it."""
     from peft import LoraConfig, get_peft_model
 
-    options = ModelOptions(name=config.model, quant=config.quant, dtype=config.dtype, device=config.device)
+    options = ModelOptions(
+        name=config.model, quant=config.quant, dtype=config.dtype, device=config.device, attention=config.attention
+    )
     loaded = load_model(options)
     base = loaded.model
     _keep_one_nf4_kernel_path(base)
-    if config.gradient_checkpointing:
+    if config.gradient_checkpointing and not config.compile:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     torch.manual_seed(config.seed)
@@ -65,7 +67,14 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
         target_modules=config.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base, lora), loaded
+    model = get_peft_model(base, lora)
+    if config.compile:
+        if config.gradient_checkpointing:
+            # Compiled, checkpointing is the partitioner's job: keep each layer's input, recompute the rest inside
+            # the compiled backward (fused), instead of re-entering the compiled forward through a wrapper.
+            torch._functorch.config.activation_memory_budget = 0.0
+        compile_layers(model)
+    return model, loaded
 
 
 def _keep_one_nf4_kernel_path(model: Any) -> None:
@@ -106,7 +115,9 @@ def eval_loss(model: Any, examples: list[TokenizedExample], config: TrainConfig,
     totals = torch.zeros(2, dtype=torch.float64)  # NLL, supervised tokens
     for start in starts:
         batch = collate([[e] for e in ordered[start : start + config.batch_size]], pad_id)
-        totals += torch.tensor([float(supervised_nll(model, batch.to(model.device))), batch.supervised_tokens])
+        with _mixed_precision(model):
+            nll = supervised_nll(model, batch.to(model.device))
+        totals += torch.tensor([float(nll), batch.supervised_tokens])
     distributed.sum_tensors(totals)
     model.train()
     return float(totals[0] / totals[1])
@@ -121,6 +132,14 @@ def make_optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[t
     return optimizer, scheduler
 
 
+def _mixed_precision(model: Any) -> Any:
+    """bf16 autocast on a GPU with a bf16 base: the LoRA weights stay fp32 (optimizer precision) but their matmuls
+    run in bf16, like the base's, instead of casting every activation up to fp32 and back."""
+    dtype = model.get_input_embeddings().weight.dtype
+    enabled = model.device.type == "cuda" and dtype == torch.bfloat16
+    return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], config: TrainConfig) -> dict:
     """One optimizer step over its micro-batches; the loss is normalised by the step's supervised tokens.
 
@@ -130,7 +149,8 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], c
     optimizer.zero_grad(set_to_none=True)
     step_nll = torch.zeros(1, dtype=torch.float64)
     for batch in distributed.shard(batches):
-        nll = supervised_nll(model, batch.to(model.device))
+        with _mixed_precision(model):
+            nll = supervised_nll(model, batch.to(model.device))
         (nll / n_supervised).backward()
         step_nll += float(nll.detach())
     trainable = [p for p in model.parameters() if p.requires_grad]

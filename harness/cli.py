@@ -100,6 +100,10 @@ def run(
     dtype: Annotated[str, typer.Option(help="auto|float32|bfloat16|float16")] = "auto",
     device: Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N")] = "auto",
     quant: Annotated[str, typer.Option(help="none|nf4|int8 (bitsandbytes)")] = "none",
+    attention: Annotated[str, typer.Option(help="auto|eager|sdpa|flex_attention")] = "auto",
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the decoder (GPU: faster scoring and decoding)")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     cache: Annotated[bool, typer.Option(help="Reuse and store per-sample results")] = True,
     cache_path: Annotated[Path | None, typer.Option(help="SQLite cache file (default: the user cache dir)")] = None,
@@ -121,7 +125,9 @@ def run(
     from harness.runner import RunOptions, evaluate, prepare_tasks
 
     distributed.init_from_env()  # under torchrun / accelerate launch: samples are sharded across processes
-    options = _model_options(model=model, dtype=dtype, device=device, quant=quant)
+    options = _model_options(
+        model=model, dtype=dtype, device=device, quant=quant, attention=attention, compile=compile_model
+    )
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     specs = get_tasks(names, tasks_dir or [])
     prepared = prepare_tasks(specs, limit)
@@ -214,7 +220,7 @@ def read_run(path: Path) -> RunResult:
         raise HarnessError(f"not a readable results.json: {str(error).splitlines()[0]}", path=path) from None
 
 
-def _model_options(**flags: str) -> ModelOptions:
+def _model_options(**flags: str | bool) -> ModelOptions:
     flags["name"] = flags.pop("model")
     try:
         return ModelOptions.model_validate(flags)

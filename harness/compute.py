@@ -1,22 +1,22 @@
 """What the runner asks of a model: rolling-window log-likelihoods and batched generation.
 
-The LM head is applied only at positions that carry a loss, a chunk at a time: Gemma's vocabulary is 262k, so
-full [tokens x vocab] logits would dominate both time and memory.
+The LM head is applied only at positions that carry a loss, a chunk at a time (harness.headloss): Gemma's
+vocabulary is 262k, so full [tokens x vocab] logits would dominate both time and memory.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from harness.headloss import token_nll
 from harness.models import LoadedModel
 from harness.registry import SampleStats
 from harness.taskspec import GenerationConfig
-
-LOGIT_CHUNK_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -50,64 +50,54 @@ def output_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, float | N
     return causal_lm.get_decoder(), causal_lm.get_output_embeddings(), softcap
 
 
-def chunk_nll(
-    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None, reduction: str = "none"
-) -> torch.Tensor:
-    """NLL of `targets` for one chunk of final hidden states: LM head, fp32 logits, Gemma 2's soft-cap."""
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.nn.functional.cross_entropy(logits, targets, reduction=reduction)
-
-
-def token_nll(
-    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
-) -> torch.Tensor:
-    """Per-position NLL of `targets` given final hidden states, materialising logits a chunk of rows at a time."""
-    losses = [
-        chunk_nll(hidden[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS], head, softcap)
-        for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS)
-    ]
-    return torch.cat(losses) if losses else hidden.new_zeros(0)
-
-
 @torch.inference_mode()
 def window_nll(loaded: LoadedModel, windows: Sequence[Window]) -> list[tuple[float, int]]:
     """(summed NLL, scored tokens) for each window, run as one right-padded batch."""
     with loaded.engaged() as model:
-        return _window_nll(model, loaded.tokenizer.pad_token_id, loaded.device, windows)
+        return _window_nll(model, loaded.tokenizer.pad_token_id, loaded.device, windows, loaded.options.compile)
+
+
+_COMPILED_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
+
+
+def scoring_decoder(decoder: torch.nn.Module, compile_: bool) -> Any:
+    """The decoder stack to score with: under --compile, one torch.compile wrapper per decoder (dynamic shapes, so
+    every batch width shares one graph). A wrapper, not the modules themselves: generation keeps the plain modules
+    for transformers' own compiled static-cache decoding."""
+    if not compile_:
+        return decoder
+    if decoder not in _COMPILED_DECODERS:
+        _COMPILED_DECODERS[decoder] = torch.compile(decoder, dynamic=True)
+    return _COMPILED_DECODERS[decoder]
 
 
 def _window_nll(
-    model: torch.nn.Module, pad_id: int, device: torch.device, windows: Sequence[Window]
+    model: torch.nn.Module, pad_id: int, device: torch.device, windows: Sequence[Window], compile_: bool = False
 ) -> list[tuple[float, int]]:
     decoder, head, softcap = output_head(model)
-    width = max(len(w.input_ids) for w in windows)
-    input_ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(windows), width), dtype=torch.long)
-    for row, window in enumerate(windows):
-        input_ids[row, : len(window.input_ids)] = torch.tensor(window.input_ids)
-        attention_mask[row, : len(window.input_ids)] = 1
+    lengths = torch.tensor([len(w.input_ids) for w in windows])
+    score_from = torch.tensor([w.score_from for w in windows])
+    width = int(lengths.max())
+    input_ids = torch.tensor([w.input_ids + [pad_id] * (width - len(w.input_ids)) for w in windows], device=device)
+    columns = torch.arange(width)
+    attention_mask = columns[None, :] < lengths[:, None]
     # Without padding the mask is all ones: leave it out so attention can take the fused causal kernels.
-    mask = None if bool(attention_mask.all()) else attention_mask.to(device)
-    hidden = decoder(input_ids=input_ids.to(device), attention_mask=mask)[0]
-    rows, positions = [], []
-    for row, window in enumerate(windows):
-        for position in range(window.score_from, len(window.input_ids)):
-            rows.append(row)
-            positions.append(position)
-    rows_t, positions_t = torch.tensor(rows), torch.tensor(positions)
+    mask = None if bool(attention_mask.all()) else attention_mask.long().to(device)
+    hidden = scoring_decoder(decoder, compile_)(input_ids=input_ids, attention_mask=mask)[0]
+    scored = attention_mask & (columns[None, :] >= score_from[:, None])
+    rows, positions = scored.to(device).nonzero(as_tuple=True)
     # The hidden state at position p-1 predicts the token at p.
-    nll = token_nll(hidden[rows_t, positions_t - 1], input_ids[rows_t, positions_t].to(device), head, softcap)
-    per_window = torch.zeros(len(windows), dtype=torch.float64).index_add_(0, rows_t, nll.double().cpu())
-    return [(float(per_window[i]), len(w.input_ids) - w.score_from) for i, w in enumerate(windows)]
+    nll = token_nll(hidden[rows, positions - 1], input_ids[rows, positions], head, softcap)
+    per_window = torch.zeros(len(windows), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
+    counts = (lengths - score_from).tolist()
+    return list(zip(per_window.tolist(), counts, strict=True))
 
 
-def encode_for_scoring(loaded: LoadedModel, text: str) -> list[int]:
-    """Token ids of a text to score, with exactly one BOS in front."""
+def encode_for_scoring(loaded: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text to score, with exactly one BOS in front (one batched tokenizer call)."""
     tokenizer = loaded.tokenizer
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    return [tokenizer.bos_token_id, *ids] if tokenizer.bos_token_id is not None else ids
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + ids for ids in tokenizer(list(texts), add_special_tokens=False).input_ids] if texts else []
 
 
 def loglikelihood_rolling(
@@ -116,8 +106,8 @@ def loglikelihood_rolling(
     """Summed NLL over all tokens of each text (rolling windows past `max_length`), length-sorted batches."""
     windows = [
         window
-        for index, text in enumerate(texts)
-        for window in rolling_windows(encode_for_scoring(loaded, text), max_length, stride, index)
+        for index, token_ids in enumerate(encode_for_scoring(loaded, texts))
+        for window in rolling_windows(token_ids, max_length, stride, index)
     ]
     windows.sort(key=lambda w: len(w.input_ids), reverse=True)
     nll_sums = [0.0] * len(texts)
@@ -154,11 +144,21 @@ def generate(loaded: LoadedModel, prompts: Sequence[str], config: GenerationConf
     tokenizer = loaded.tokenizer
     tokenizer.padding_side = "left"
     # A chat-rendered prompt already starts with <bos>; a plain one gets it from the tokenizer.
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not chat)
-    sampling = {}
+    # Compiled decoding (a GPU and --compile): a static KV cache, which transformers decodes through a compiled,
+    # CUDA-graphed step. Prompt widths rounded up to a multiple of 64 keep the number of cache shapes, and so of
+    # compilations, small.
+    static = loaded.options.compile and loaded.device.type == "cuda"
+    encoded = tokenizer(
+        list(prompts),
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=not chat,
+        pad_to_multiple_of=64 if static else None,
+    )
+    decoding: dict[str, Any] = {"cache_implementation": "static"} if static else {}
     if config.temperature > 0:
         torch.manual_seed(config.seed)
-        sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k or None}
+        decoding |= {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k or None}
     with loaded.engaged() as model:
         output_ids = model.generate(
             **encoded.to(loaded.device),
@@ -168,7 +168,7 @@ def generate(loaded: LoadedModel, prompts: Sequence[str], config: GenerationConf
             pad_token_id=tokenizer.pad_token_id,
             stop_strings=config.stop or None,
             tokenizer=tokenizer if config.stop else None,
-            **sampling,
+            **decoding,
         )
     new_tokens = output_ids[:, encoded["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -23,6 +23,9 @@ from harness.fingerprint import hash_files, hash_json
 
 Quant = Literal["none", "nf4", "int8"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+# transformers' attention back-ends; "auto" is its default (sdpa, or eager for Gemma 2, whose attention soft-cap
+# sdpa cannot apply). flex_attention applies the soft-cap and sliding windows in one compiled kernel.
+Attention = Literal["auto", "eager", "sdpa", "flex_attention"]
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
@@ -38,6 +41,8 @@ class ModelOptions(BaseModel):
     dtype: DType = "auto"
     device: str = "auto"
     quant: Quant = "none"
+    attention: Attention = "auto"
+    compile: bool = False  # torch.compile the decoder for scoring; compiled static-cache decoding on a GPU
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -111,6 +116,9 @@ class LoadedModel:
                 "dtype": str(self.options.resolved_dtype()),
                 "quant": self.options.quant,
                 "device": self.device.type,
+                # Back-end and compilation change bf16 rounding; the defaults keep earlier fingerprints valid.
+                **({"attention": self.options.attention} if self.options.attention != "auto" else {}),
+                **({"compile": True} if self.options.compile else {}),
             }
         )
 
@@ -221,9 +229,18 @@ def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
         dtype=options.resolved_dtype(),
         quantization_config=_quantization_config(options),
         device_map={"": options.resolved_device()},
+        attn_implementation=None if options.attention == "auto" else options.attention,
     )
     model.eval()
     return model
+
+
+def compile_layers(model: Any) -> None:
+    """torch.compile each decoder layer in place (one graph per layer type, shared by the layers of that type).
+    Layers, not the whole model: the LM head's chunk loop and the optimizer stay eager, compilation stays short."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for layer in causal_lm.get_decoder().layers:
+        layer.compile()
 
 
 def load_model(options: ModelOptions) -> LoadedModel:

@@ -49,14 +49,14 @@ def plain_rolling_nll(gemma: LoadedModel, token_ids: list[int], max_length: int,
 def test_perplexity_equals_plain_pytorch(gemma: LoadedModel, batch_size: int) -> None:
     ours = loglikelihood_rolling(gemma, TEXTS, max_length=1024, stride=512, batch_size=batch_size)
     for text, stats in zip(TEXTS, ours, strict=True):
-        token_ids = encode_for_scoring(gemma, text)
+        token_ids = encode_for_scoring(gemma, [text])[0]
         assert stats.tokens == len(token_ids) - 1
         assert stats.bytes == len(text.encode("utf-8"))
         assert stats.nll == pytest.approx(plain_nll(gemma, token_ids), rel=1e-5)
 
 
 def test_exactly_one_bos(gemma: LoadedModel) -> None:
-    token_ids = encode_for_scoring(gemma, TEXTS[0])
+    token_ids = encode_for_scoring(gemma, [TEXTS[0]])[0]
     assert token_ids[0] == gemma.tokenizer.bos_token_id
     assert token_ids.count(gemma.tokenizer.bos_token_id) == 1
 
@@ -66,7 +66,7 @@ def test_rolling_windows_equal_plain_sliding_window_loop(gemma: LoadedModel, bat
     long_texts = [" ".join(TEXTS), " ".join(reversed(TEXTS))]
     ours = loglikelihood_rolling(gemma, long_texts, max_length=48, stride=20, batch_size=batch_size)
     for text, stats in zip(long_texts, ours, strict=True):
-        token_ids = encode_for_scoring(gemma, text)
+        token_ids = encode_for_scoring(gemma, [text])[0]
         assert len(token_ids) > 100  # several windows
         assert stats.tokens == len(token_ids) - 1
         assert stats.nll == pytest.approx(plain_rolling_nll(gemma, token_ids, 48, 20), rel=1e-5)

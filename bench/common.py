@@ -1,0 +1,140 @@
+"""What the speed benches share: random-init models from real configs, timing, peak memory, result rows.
+
+Speed and memory do not depend on the weights' values, so a model built from the real config with random
+weights stands in for the trained one (the 250 MB embedded model does not travel to a lent GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIGS = Path(__file__).parent / "configs"
+# Gemma 3's tokenizer, exported from the embedded model by bench/export_tokenizer.py (ignored by git: 33 MB).
+TOKENIZER = Path(__file__).resolve().parent.parent / ".carry" / "tokenizer"
+MODELS = ("gemma-3-270m", "gemma-2-2b-shape")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python bench/x.py`: import the project from this checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def random_checkpoint(name: str, folder: Path) -> Path:
+    """A checkpoint folder (bf16 weights, seeded random init, the Gemma 3 tokenizer) built from a real config."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if (folder / "config.json").exists():
+        return folder
+    config = AutoConfig.from_pretrained(CONFIGS / f"{name}.json")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(folder)
+    return folder
+
+
+def tokenizer_dir() -> Path:
+    """The Gemma 3 tokenizer folder, unpacked from its xz copy where only that travelled."""
+    if (TOKENIZER / "tokenizer.json").exists():
+        return TOKENIZER
+    packed = TOKENIZER / "tokenizer.json.xz"
+    if not packed.exists():
+        raise SystemExit(f"{packed} is missing: run `python bench/export_tokenizer.py` on a machine with the model")
+    target = Path("/tmp/bench-tokenizer")
+    target.mkdir(exist_ok=True)
+    with lzma.open(packed) as source, (target / "tokenizer.json").open("wb") as sink:
+        shutil.copyfileobj(source, sink)
+    for extra in TOKENIZER.glob("*.json"):
+        shutil.copy(extra, target)
+    return target
+
+
+def random_ids(rows: int, length: int, seed: int = 0, high: int = 200_000) -> torch.Tensor:
+    """Token ids drawn away from the special tokens, seeded so that every contender gets the same data."""
+    return torch.randint(10, high, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+    """Yields a dict that holds `peak_gib` once the block ends: allocator peak on a GPU, max RSS growth on a CPU."""
+    result: dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        return
+    import resource
+
+    yield result
+    result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # whole process, KiB -> GiB
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median seconds per call after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return sorted(seconds)[len(seconds) // 2]
+
+
+def emit(row: dict[str, Any], out: Path | None) -> None:
+    """Print one JSON result row (and append it to `out`)."""
+    line = json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in row.items()})
+    print(line, flush=True)
+    if out is not None:
+        with out.open("a") as handle:
+            handle.write(line + "\n")
+
+
+def environment() -> dict[str, Any]:
+    import transformers
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"what": "environment", "device": gpu, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def profile_table(fn: Callable[[], Any], device: torch.device, out: Path | None, label: str, rows: int = 30) -> None:
+    """Torch-profile two calls of `fn`; print the top operators by device (or CPU) time, save the full table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(2):
+            fn()
+        synchronize(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    print(f"--- profile: {label} (2 calls) ---\n{table}", flush=True)
+    if out is not None:
+        (out.parent / f"profile-{label}.txt").write_text(profiler.key_averages().table(sort_by=sort, row_limit=200))
+
+
+def run_isolated(script: str, argv: list[str], overrides: list[str]) -> list[dict[str, Any]]:
+    """Run `script` again in a fresh process with `overrides` after `argv` (no compiled graphs, allocator state or
+    CUDA context carried from one contender to the next); echo its output and return its JSON result rows."""
+    child = subprocess.run([sys.executable, script, *argv, *overrides], stdout=subprocess.PIPE, text=True, check=False)
+    for line in child.stdout.splitlines():
+        print(line, flush=True)
+    rows = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    return [row for row in rows if row.get("what") != "environment"] or [{"error": f"exit status {child.returncode}"}]

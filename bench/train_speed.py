@@ -1,0 +1,194 @@
+"""QLoRA / LoRA training speed and memory: our trainer against TRL's SFTTrainer, same model, data and config,
+in one process (random-init models from real configs; see bench/common.py).
+
+    python bench/train_speed.py --model gemma-3-270m --quant nf4 --contenders ours,ours-compile,trl
+    python bench/train_speed.py --device cpu --seq 128 --batch 4 --steps 3 --contenders ours,trl   # 2-core CPU
+
+Equal config: `--seq` tokens per sequence, `--batch` sequences per optimizer step (one micro-batch), LoRA r16 /
+alpha 32 / no dropout on all linear layers, NF4 double-quant base, bf16 compute on a GPU (fp32 on a CPU), every
+position supervised. Tokens/s is the median step after warm-up; memory is the allocator's peak from model load
+to the last step. Contenders:
+  ours                our train_step (no gradient checkpointing)     ours-ckpt     ... with gradient checkpointing
+  ours-compile        ... decoder layers under torch.compile          ours-compile-ckpt  both
+  trl                 TRL SFTTrainer (gradient checkpointing, its default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import (
+    MODELS,
+    emit,
+    environment,
+    peak_memory,
+    profile_table,
+    random_checkpoint,
+    random_ids,
+    run_isolated,
+    timed,
+)
+
+LORA = {"r": 16, "alpha": 32}
+
+
+def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str, Any]:
+    from adapters.config import TrainConfig
+    from adapters.packing import collate
+    from adapters.tokenize import IGNORE_INDEX, TokenizedExample
+    from adapters.trainer import build_model, make_optimizer, train_step
+
+    config = TrainConfig(
+        model=str(checkpoint),
+        quant=args.quant,
+        device=args.device,
+        lora_r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=0.0,
+        max_seq_len=args.seq,
+        batch_size=args.batch,
+        gradient_checkpointing="ckpt" in contender,
+        compile="compile" in contender,
+    )
+    device = torch.device(args.device)
+    with peak_memory(device) as memory:
+        model, _ = build_model(config)
+        model.train()  # as the trainer does: dropout off here (0.0), gradient checkpointing only in train mode
+        optimizer, scheduler = make_optimizer(model, config, 1000)
+        rows = random_ids(args.batch, args.seq).tolist()
+        batch = collate([[TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in rows], pad_id=0)
+        records: list[dict[str, Any]] = []
+
+        def step() -> None:
+            records.append(train_step(model, optimizer, scheduler, [batch], config))
+
+        started = time.perf_counter()
+        step()
+        first_step_s = time.perf_counter() - started  # includes compilation for the compiled contenders
+        seconds = timed(step, device, args.steps, warmup=args.warmup)
+    if contender in args.profile.split(","):
+        profile_table(step, device, args.out, f"train-{args.model}-{contender}")
+    grad_norm = records[-1]["grad_norm"]
+    assert math.isfinite(grad_norm) and grad_norm > 0, f"gradient norm {grad_norm}: the step computed nothing"
+    return {
+        "tokens_per_s": args.batch * args.seq / seconds,
+        "step_s": seconds,
+        "first_step_s": first_step_s,
+        "grad_norm": grad_norm,
+        **memory,
+    }
+
+
+def trl(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    step_ends: list[float] = []
+
+    class StepTimer(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            step_ends.append(time.perf_counter())
+
+    quant = (
+        BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        if args.quant == "nf4"
+        else None
+    )
+    steps = args.warmup + args.steps
+    with peak_memory(device) as memory:
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint, dtype=dtype, quantization_config=quant, device_map={"": str(device)}
+        )
+        data = Dataset.from_dict({"input_ids": random_ids(args.batch * steps, args.seq).tolist()})
+        sft = SFTConfig(
+            output_dir=tempfile.mkdtemp(),
+            max_length=args.seq,
+            packing=False,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            gradient_checkpointing=True,
+            bf16=cuda,
+            use_cpu=not cuda,
+            learning_rate=2e-4,
+            max_steps=steps,
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to=[],
+            dataloader_num_workers=0,
+        )
+        lora = LoraConfig(
+            r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=sft,
+            train_dataset=data,
+            processing_class=AutoTokenizer.from_pretrained(checkpoint),
+            peft_config=lora,
+            callbacks=[StepTimer()],
+        )
+        trainer.train()
+    step_seconds = sorted(b - a for a, b in zip(step_ends[args.warmup - 1 :], step_ends[args.warmup :], strict=False))
+    seconds = step_seconds[len(step_seconds) // 2]
+    return {"tokens_per_s": args.batch * args.seq / seconds, "step_s": seconds, **memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma-3-270m", choices=MODELS)
+    parser.add_argument("--quant", default="nf4", choices=["nf4", "none"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps after warm-up")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--contenders", default="ours,trl")
+    parser.add_argument("--profile", default="", help="comma list of our contenders to torch-profile")
+    parser.add_argument("--out", type=Path, default=None, help="append JSON rows here")
+    parser.add_argument("--checkpoint", type=Path, default=None, help=argparse.SUPPRESS)  # set for child runs
+    args = parser.parse_args()
+    if args.checkpoint is not None:  # a child: one contender, its row on stdout
+        (contender,) = args.contenders.split(",")
+        try:
+            result = trl(args.checkpoint, args) if contender == "trl" else ours(args.checkpoint, args, contender)
+        except Exception as error:  # reported as a row: one failing contender must not hide the others
+            result = {"error": repr(error)[:500]}
+        shape = {"model": args.model, "quant": args.quant, "seq": args.seq, "batch": args.batch}
+        emit({"what": "train", "contender": contender, **shape, **result}, args.out)
+        return
+    emit(environment(), args.out)
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = random_checkpoint(args.model, Path(scratch) / "model")
+        results = {
+            c: run_isolated(__file__, sys.argv[1:], ["--contenders", c, "--checkpoint", str(checkpoint)])[-1]
+            for c in args.contenders.split(",")
+        }
+    peer = results.get("trl", {}).get("tokens_per_s")
+    for contender, result in results.items():
+        if peer and "tokens_per_s" in result and contender != "trl":
+            ratio = result["tokens_per_s"] / peer
+            figures = f"{result['tokens_per_s']:>9.0f} tok/s {result['peak_gib']:6.2f} GiB"
+            print(f"{contender:>18}: {figures}  {ratio:.2f}x TRL")
+
+
+if __name__ == "__main__":
+    main()

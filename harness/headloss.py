@@ -1,0 +1,133 @@
+"""The LM head's negative log-likelihood at chosen positions, without ever holding [tokens x vocab] logits.
+
+Gemma's vocabulary is 262k: full logits for 8 x 1024 tokens are 8.6 GB in fp32, so the head runs a chunk of rows
+at a time, each chunk's fp32 logits bounded by LOGIT_CHUNK_BYTES.
+
+Training (the head frozen, as under LoRA) uses a fused path: each chunk computes its NLL *and* the gradient with
+respect to its hidden states (softmax - one-hot, through Gemma 2's final soft-cap, times the head's weight) in the
+forward pass, and backward only scales that stored gradient. The head's matmul runs twice per chunk (logits,
+gradient) instead of three times (logits, recomputed logits, gradient) and nothing the size of the logits
+outlives its chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+LOGIT_CHUNK_BYTES = 256 * 2**20
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk so that one chunk's fp32 logits stay within LOGIT_CHUNK_BYTES."""
+    return max(1, LOGIT_CHUNK_BYTES // (4 * vocab_size))
+
+
+def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = logits.float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+def _row_nll(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Per-row NLL (fp32) of `targets` under one chunk of raw logits, Gemma 2's soft-cap applied."""
+    capped = _capped(logits, softcap)
+    return torch.logsumexp(capped, dim=-1) - capped.gather(1, targets[:, None])[:, 0]
+
+
+def _row_nll_and_dlogits(
+    logits: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL and its gradient with respect to the raw logits (softmax - one-hot, through the soft-cap)."""
+    capped = _capped(logits, softcap)
+    lse = torch.logsumexp(capped, dim=-1)
+    nll = (lse - capped.gather(1, targets[:, None])[:, 0]).sum()
+    # softmax - one-hot, written as a comparison rather than a scatter so that a compiled version stays one
+    # pointwise kernel that writes bf16 (a scatter would split it and write fp32 first).
+    vocab = torch.arange(capped.shape[1], device=capped.device)
+    dlogits = torch.exp(capped - lse[:, None]) - (vocab[None, :] == targets[:, None]).to(capped.dtype)
+    if softcap:
+        dlogits = dlogits * (1 - (capped / softcap) ** 2)  # d tanh(x / c) * c / dx
+    return nll, dlogits.to(logits.dtype)
+
+
+@functools.cache
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return torch.compile(fn, dynamic=True)
+
+
+def _kernel(fn: Callable[..., Any], tensor: torch.Tensor) -> Callable[..., Any]:
+    """On a GPU, `fn` compiled: the upcast, soft-cap, log-sum-exp and gather read the bf16 logits once instead of
+    materialising fp32 copies (which made the head's chunks memory-bound). On a CPU, eager."""
+    return _compiled(fn) if tensor.is_cuda else fn
+
+
+def token_nll(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
+) -> torch.Tensor:
+    """Per-row NLL (fp32, no gradient) of `targets` given final hidden states [rows, hidden]."""
+    rows = chunk_rows(_vocab_size(head))
+    row_nll = _kernel(_row_nll, hidden)
+    with torch.no_grad():
+        losses = [
+            row_nll(head(hidden[start : start + rows]), targets[start : start + rows], softcap)
+            for start in range(0, hidden.shape[0], rows)
+        ]
+    return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def summed_nll(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
+) -> torch.Tensor:
+    """Summed NLL (fp32 scalar) of `targets`; differentiable with respect to `hidden`.
+
+    A frozen linear head takes the fused path; a trainable or non-linear head (a LoRA-wrapped or quantized one)
+    falls back to checkpointed chunks, whose logits are recomputed in the backward pass."""
+    if not torch.is_grad_enabled() or not hidden.requires_grad:
+        return token_nll(hidden, targets, head, softcap).sum()
+    if isinstance(head, torch.nn.Linear) and not head.weight.requires_grad and head.bias is None:
+        return _FusedHeadNLL.apply(hidden, head.weight, targets, softcap)
+    rows = chunk_rows(_vocab_size(head))
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], rows):
+        chunk = (head, hidden[start : start + rows], targets[start : start + rows], softcap)
+        total = total + checkpoint(_head_chunk_nll, *chunk, use_reentrant=False)
+    return total
+
+
+def _head_chunk_nll(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
+    return _row_nll(head(hidden), targets, softcap).sum()
+
+
+def _vocab_size(head: torch.nn.Module) -> int:
+    return int(getattr(head, "out_features", 0) or head.weight.shape[0])
+
+
+class _FusedHeadNLL(torch.autograd.Function):
+    """Summed NLL whose gradient with respect to the hidden states is computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None
+    ) -> torch.Tensor:
+        rows = chunk_rows(weight.shape[0])
+        nll_and_dlogits = _kernel(_row_nll_and_dlogits, hidden)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], rows):
+            chunk = hidden[start : start + rows]
+            nll, dlogits = nll_and_dlogits(chunk @ weight.T, targets[start : start + rows], softcap)
+            total += nll
+            torch.matmul(dlogits, weight, out=grad_hidden[start : start + rows])
+        ctx.save_for_backward(grad_hidden)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (grad_hidden,) = ctx.saved_tensors
+        return (grad_hidden.float() * grad_total).to(grad_hidden.dtype), None, None, None
