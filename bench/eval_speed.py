@@ -103,8 +103,14 @@ def ppl_lmeval(checkpoint: Path, texts: list[str], args: argparse.Namespace) -> 
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=str(checkpoint), batch_size=args.batch, dtype=str(_dtype(args)).split(".")[1],
-              device=args.device, max_length=args.seq + 1)  # fmt: skip
+    lm = HFLM(
+        pretrained=str(checkpoint),
+        batch_size=args.batch,
+        dtype=str(_dtype(args)).split(".")[1],
+        device=args.device,
+        max_length=args.seq + 1,
+        add_bos_token=False,
+    )  # BOS as its prefix, as ours
     requests = [Instance("loglikelihood_rolling", {}, (text,), i) for i, text in enumerate(texts)]
     count = sum(len(lm.tokenizer(text, add_special_tokens=False).input_ids) for text in texts)  # as ours counts
 

@@ -9,7 +9,8 @@ alpha 32 / no dropout on all linear layers, NF4 double-quant base, bf16 compute 
 position supervised. Tokens/s is the median step after warm-up; memory is the allocator's peak from model load
 to the last step. Contenders:
   ours                our train_step (no gradient checkpointing)     ours-ckpt     ... with gradient checkpointing
-  ours-compile        ... decoder layers under torch.compile          ours-compile-ckpt  both
+  ours-compile        ... decoder layers under torch.compile          ours-compile-ckpt  both (activation budget)
+  ours-compile-cg     ... compiled layers replayed as CUDA graphs (experiment)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 """
 
@@ -55,11 +56,16 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         max_seq_len=args.seq,
         batch_size=args.batch,
         gradient_checkpointing="ckpt" in contender,
-        compile="compile" in contender,
+        compile="compile" in contender and "-cg" not in contender,
+        attention=args.attention,
     )
     device = torch.device(args.device)
     with peak_memory(device) as memory:
         model, _ = build_model(config)
+        if "-cg" in contender:  # experiment: compiled layers replayed as CUDA graphs
+            from harness.models import compile_layers
+
+            compile_layers(model, mode="reduce-overhead")
         model.train()  # as the trainer does: dropout off here (0.0), gradient checkpointing only in train mode
         optimizer, scheduler = make_optimizer(model, config, 1000)
         rows = random_ids(args.batch, args.seq).tolist()
@@ -157,6 +163,7 @@ def main() -> None:
     parser.add_argument("--model", default="gemma-3-270m", choices=MODELS)
     parser.add_argument("--quant", default="nf4", choices=["nf4", "none"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa", "flex_attention"])
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="timed steps after warm-up")

@@ -84,8 +84,9 @@ def _window_nll(
     # Without padding the mask is all ones: leave it out so attention can take the fused causal kernels.
     mask = None if bool(attention_mask.all()) else attention_mask.long().to(device)
     hidden = scoring_decoder(decoder, compile_)(input_ids=input_ids, attention_mask=mask)[0]
+    # Scored positions found on the host: a nonzero() on the device would wait for the decoder to finish.
     scored = attention_mask & (columns[None, :] >= score_from[:, None])
-    rows, positions = scored.to(device).nonzero(as_tuple=True)
+    rows, positions = (index.to(device, non_blocking=True) for index in scored.nonzero(as_tuple=True))
     # The hidden state at position p-1 predicts the token at p.
     nll = token_nll(hidden[rows, positions - 1], input_ids[rows, positions], head, softcap)
     per_window = torch.zeros(len(windows), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
