@@ -10,7 +10,6 @@ position supervised. Tokens/s is the median step after warm-up; memory is the al
 to the last step. Contenders:
   ours                our train_step (no gradient checkpointing)     ours-ckpt     ... with gradient checkpointing
   ours-compile        ... decoder layers under torch.compile          ours-compile-ckpt  both (activation budget)
-  ours-compile-cg     ... compiled layers replayed as CUDA graphs (experiment)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 """
 
@@ -56,16 +55,12 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         max_seq_len=args.seq,
         batch_size=args.batch,
         gradient_checkpointing="ckpt" in contender,
-        compile="compile" in contender and "-cg" not in contender,
+        compile="compile" in contender,
         attention=args.attention,
     )
     device = torch.device(args.device)
     with peak_memory(device) as memory:
         model, _ = build_model(config)
-        if "-cg" in contender:  # experiment: compiled layers replayed as CUDA graphs
-            from harness.models import compile_layers
-
-            compile_layers(model, mode="reduce-overhead")
         model.train()  # as the trainer does: dropout off here (0.0), gradient checkpointing only in train mode
         optimizer, scheduler = make_optimizer(model, config, 1000)
         rows = random_ids(args.batch, args.seq).tolist()

@@ -96,3 +96,36 @@ def test_pack_respects_the_length_budget() -> None:
     assert sorted(i for b in bins for i in b) == list(range(6))
     assert all(sum(len(examples[i].input_ids) for i in b) <= 8 for b in bins)
     assert len(bins) == 3
+
+
+def test_fused_head_gradients_match_full_logits_autograd(tokenized: list[TokenizedExample]) -> None:
+    """The trainer's loss (frozen head, gradient computed in the forward pass chunk by chunk) against autograd
+    through HF's full [tokens x vocab] logits: same summed NLL, same gradient on every LoRA weight. A second,
+    fresh copy of the real model: LoRA layers are injected in place, and the shared fixture must stay bare."""
+    from peft import LoraConfig, get_peft_model
+
+    from harness.models import ModelOptions, load_model
+
+    loaded = load_model(ModelOptions())
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(loaded.model, lora)
+    batch = collate([[tokenized[1]], [tokenized[0]]], loaded.tokenizer.pad_token_id)
+
+    ours = supervised_nll(model, batch)
+    (ours / 7).backward()
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    ours_grads = {name: p.grad.clone() for name, p in trainable.items() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    logits = model(input_ids=batch.input_ids, attention_mask=(batch.segment_ids > 0).long()).logits[:, :-1]
+    targets = batch.labels[:, 1:].reshape(-1)
+    reference = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    (reference / 7).backward()
+    assert float(ours.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert len(ours_grads) == len(trainable) > 0
+    for name, parameter in trainable.items():
+        assert parameter.grad is not None
+        torch.testing.assert_close(ours_grads[name], parameter.grad, rtol=1e-3, atol=1e-6, msg=name)
