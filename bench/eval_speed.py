@@ -1,5 +1,6 @@
 """Evaluation speed: our perplexity and generation paths against a plain HF forward and lm-eval-harness (HF
-backend), same model and texts, in one process (random-init models from real configs; see bench/common.py).
+backend), same model and texts, in one run, each contender in its own process (random-init models from real
+configs; see bench/common.py).
 
     python bench/eval_speed.py --model gemma-3-270m --ppl ours,ours-compile,hf,lmeval --gen ours,ours-compile,lmeval
     python bench/eval_speed.py --device cpu --texts 8 --seq 256 --prompts 8 --new-tokens 16   # 2-core CPU
@@ -22,18 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
-from common import (
-    MODELS,
-    emit,
-    environment,
-    peak_memory,
-    profile_table,
-    random_checkpoint,
-    random_ids,
-    run_isolated,
-    timed,
-)
 
 PROMPT_TOKENS = 128
 
@@ -41,7 +32,7 @@ PROMPT_TOKENS = 128
 def texts_of_at_most(tokenizer: Any, count: int, tokens: int, seed: int) -> list[str]:
     """Texts that tokenize to at most `tokens` ids (decoded random ids, trimmed until they re-encode short)."""
     texts = []
-    for row in random_ids(count, tokens, seed).tolist():
+    for row in common.random_ids(count, tokens, seed).tolist():
         text = tokenizer.decode(row)
         while len(ids := tokenizer(text, add_special_tokens=False).input_ids) > tokens:
             text = tokenizer.decode(ids[:tokens])
@@ -69,7 +60,7 @@ def ppl_ours(checkpoint: Path, texts: list[str], args: argparse.Namespace, conte
 
     stats = run()
     if contender in args.profile.split(","):
-        profile_table(run, torch.device(args.device), args.out, f"ppl-{args.model}-{contender}")
+        common.profile_table(run, torch.device(args.device), args.out, f"ppl-{args.model}-{contender}")
     return sum(s.nll for s in stats), sum(s.tokens for s in stats), run
 
 
@@ -127,18 +118,18 @@ def perplexity(checkpoint: Path, args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     for contender in args.ppl.split(","):
         try:
-            with peak_memory(device) as memory:
+            with common.peak_memory(device) as memory:
                 if contender.startswith("ours"):
                     nll, tokens, run = ppl_ours(checkpoint, texts, args, contender)
                 else:
                     nll, tokens, run = {"hf": ppl_hf, "lmeval": ppl_lmeval}[contender](checkpoint, texts, args)
-                seconds = timed(run, device, args.repeats, warmup=1)
+                seconds = common.timed(run, device, args.repeats, warmup=1)
             result = {"tokens_per_s": tokens / seconds, "perplexity": math.exp(nll / tokens), "tokens": tokens}
             result |= memory
         except Exception as error:  # one failing contender must not hide the others' figures
             result = {"error": repr(error)[:500]}
         row = {"what": "perplexity", "contender": contender, "model": args.model, "batch": args.batch}
-        emit(row | result, args.out)
+        common.emit(row | result, args.out)
         _release()
 
 
@@ -170,7 +161,7 @@ def generation(checkpoint: Path, args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     for contender in args.gen.split(","):
         try:
-            with peak_memory(device) as memory:
+            with common.peak_memory(device) as memory:
                 run = (
                     gen_ours(checkpoint, prompts, args, contender)
                     if contender.startswith("ours")
@@ -179,14 +170,14 @@ def generation(checkpoint: Path, args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 outputs = run()
                 first_s = time.perf_counter() - started  # compilation included, for the compiled contender
-                seconds = timed(run, device, args.repeats, warmup=0)
+                seconds = common.timed(run, device, args.repeats, warmup=0)
             new_tokens = sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in outputs)
             result = {"tokens_per_s": new_tokens / seconds, "first_call_tokens_per_s": new_tokens / first_s}
             result |= {"new_tokens": new_tokens, **memory}
         except Exception as error:  # one failing contender must not hide the others' figures
             result = {"error": repr(error)[:500]}
         row = {"what": "generation", "contender": contender, "model": args.model, "prompts": len(prompts)}
-        emit(row | result, args.out)
+        common.emit(row | result, args.out)
         _release()
 
 
@@ -204,7 +195,7 @@ def _release() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gemma-3-270m", choices=MODELS)
+    parser.add_argument("--model", default="gemma-3-270m", choices=common.MODELS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa", "flex_attention"])
     parser.add_argument("--texts", type=int, default=64)
@@ -225,14 +216,14 @@ def main() -> None:
         if args.gen:
             generation(args.checkpoint, args)
         return
-    emit(environment(), args.out)
+    common.emit(common.environment(), args.out)
     with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = random_checkpoint(args.model, Path(scratch) / "model")
+        checkpoint = common.random_checkpoint(args.model, Path(scratch) / "model")
         jobs = [("ppl", c) for c in args.ppl.split(",") if c] + [("gen", c) for c in args.gen.split(",") if c]
         rows = []
         for kind, contender in jobs:
             only = ["--ppl", contender if kind == "ppl" else "", "--gen", contender if kind == "gen" else ""]
-            rows += run_isolated(__file__, sys.argv[1:], [*only, "--checkpoint", str(checkpoint)])
+            rows += common.run_isolated(__file__, sys.argv[1:], [*only, "--checkpoint", str(checkpoint)])
     summary(rows)
 
 

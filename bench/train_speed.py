@@ -1,5 +1,5 @@
 """QLoRA / LoRA training speed and memory: our trainer against TRL's SFTTrainer, same model, data and config,
-in one process (random-init models from real configs; see bench/common.py).
+in one run, each contender in its own process (random-init models from real configs; see bench/common.py).
 
     python bench/train_speed.py --model gemma-3-270m --quant nf4 --contenders ours,ours-compile,trl
     python bench/train_speed.py --device cpu --seq 128 --batch 4 --steps 3 --contenders ours,trl   # 2-core CPU

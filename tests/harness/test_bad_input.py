@@ -122,7 +122,8 @@ def test_duplicate_ids(task_dir: Callable[..., Path], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flag", "value", "message"), [("--quant", "fp3", "--quant"), ("--dtype", "float8", "--dtype")]
+    ("flag", "value", "message"),
+    [("--quant", "fp3", "--quant"), ("--dtype", "float8", "--dtype"), ("--attention", "flash9", "--attention")],
 )
 def test_bad_model_flags(task_dir: Callable[..., Path], tmp_path: Path, flag: str, value: str, message: str) -> None:
     folder = task_dir("t", GOOD_ROWS, **GOOD_FIELDS)

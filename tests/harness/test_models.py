@@ -113,3 +113,22 @@ def test_adapter_fingerprint_ignores_the_order_of_target_modules(gemma: LoadedMo
     config["r"] = 8
     (second / "adapter_config.json").write_text(json.dumps(config))
     assert adapter_fingerprint(first) != adapter_fingerprint(second)
+
+
+def test_attention_back_end_and_compilation_key_the_cache(gemma: LoadedModel) -> None:
+    """Both change bf16 rounding, so both are in the fingerprint; the defaults leave earlier fingerprints as they
+    were (no weights load: fingerprints come from the files)."""
+    fingerprints = {
+        load_model(ModelOptions(**options)).fingerprint
+        for options in ({}, {"attention": "eager"}, {"compile": True}, {"attention": "eager", "compile": True})
+    }
+    assert len(fingerprints) == 4
+    assert gemma.fingerprint in fingerprints
+
+
+def test_eager_attention_scores_like_the_default(gemma: LoadedModel) -> None:
+    eager = load_model(ModelOptions(attention="eager"))
+    text = ["The committee will meet on Tuesday to review the budget."]
+    default_stats, eager_stats = (loglikelihood_rolling(m, text, 64, 32, 1)[0] for m in (gemma, eager))
+    assert eager_stats.tokens == default_stats.tokens
+    assert eager_stats.nll == pytest.approx(default_stats.nll, rel=1e-4)
