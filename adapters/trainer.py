@@ -26,7 +26,8 @@ from adapters.loss import supervised_nll
 from adapters.packing import collate, pack
 from adapters.tokenize import TokenizedExample
 from harness import distributed
-from harness.models import LoadedModel, ModelOptions, compile_layers, load_model
+from harness.compute import output_head
+from harness.models import LoadedModel, ModelOptions, load_model
 from harness.record import write_atomic
 
 MANIFEST = "manifest.json"
@@ -75,6 +76,14 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
             torch._functorch.config.activation_memory_budget = 0.0
         compile_layers(model)
     return model, loaded
+
+
+def compile_layers(model: Any) -> None:
+    """torch.compile each decoder layer in place (one graph per layer type, shared by the layers of that type).
+    Layers, not the whole model: the LM head's chunk loop and the optimizer stay eager, compilation stays short."""
+    decoder, _, _ = output_head(model)
+    for layer in decoder.get_submodule("layers").children():
+        layer.compile()
 
 
 def _keep_one_nf4_kernel_path(model: Any) -> None:

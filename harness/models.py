@@ -235,14 +235,6 @@ def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
     return model
 
 
-def compile_layers(model: Any) -> None:
-    """torch.compile each decoder layer in place (one graph per layer type, shared by the layers of that type).
-    Layers, not the whole model: the LM head's chunk loop and the optimizer stay eager, compilation stays short."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for layer in causal_lm.get_decoder().layers:
-        layer.compile()
-
-
 def load_model(options: ModelOptions) -> LoadedModel:
     """The model named by `options`: fingerprinted now, weights loaded on first use. Add adapters with
     `load_adapter`."""
