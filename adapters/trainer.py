@@ -124,9 +124,7 @@ def eval_loss(model: Any, examples: list[TokenizedExample], config: TrainConfig,
     totals = torch.zeros(2, dtype=torch.float64)  # NLL, supervised tokens
     for start in starts:
         batch = collate([[e] for e in ordered[start : start + config.batch_size]], pad_id)
-        with _mixed_precision(model):
-            nll = supervised_nll(model, batch.to(model.device))
-        totals += torch.tensor([float(nll), batch.supervised_tokens])
+        totals += torch.tensor([float(supervised_nll(model, batch.to(model.device))), batch.supervised_tokens])
     distributed.sum_tensors(totals)
     model.train()
     return float(totals[0] / totals[1])
@@ -141,14 +139,6 @@ def make_optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[t
     return optimizer, scheduler
 
 
-def _mixed_precision(model: Any) -> Any:
-    """bf16 autocast on a GPU with a bf16 base: the LoRA weights stay fp32 (optimizer precision) but their matmuls
-    run in bf16, like the base's, instead of casting every activation up to fp32 and back."""
-    dtype = model.get_input_embeddings().weight.dtype
-    enabled = model.device.type == "cuda" and dtype == torch.bfloat16
-    return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], config: TrainConfig) -> dict:
     """One optimizer step over its micro-batches; the loss is normalised by the step's supervised tokens.
 
@@ -158,8 +148,7 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], c
     optimizer.zero_grad(set_to_none=True)
     step_nll = torch.zeros(1, dtype=torch.float64)
     for batch in distributed.shard(batches):
-        with _mixed_precision(model):
-            nll = supervised_nll(model, batch.to(model.device))
+        nll = supervised_nll(model, batch.to(model.device))
         (nll / n_supervised).backward()
         step_nll += float(nll.detach())
     trainable = [p for p in model.parameters() if p.requires_grad]
