@@ -144,7 +144,6 @@ def generate(loaded: LoadedModel, prompts: Sequence[str], config: GenerationConf
     """Continuations of one batch of prompts: left-padded, greedy unless temperature > 0 (then seeded)."""
     tokenizer = loaded.tokenizer
     tokenizer.padding_side = "left"
-    # A chat-rendered prompt already starts with <bos>; a plain one gets it from the tokenizer.
     # Compiled decoding (a GPU and --compile): a static KV cache, which transformers decodes through a compiled,
     # CUDA-graphed step. Prompt widths rounded up to a multiple of 64 keep the number of cache shapes, and so of
     # compilations, small.
@@ -153,7 +152,7 @@ def generate(loaded: LoadedModel, prompts: Sequence[str], config: GenerationConf
         list(prompts),
         return_tensors="pt",
         padding=True,
-        add_special_tokens=not chat,
+        add_special_tokens=not chat,  # a chat-rendered prompt already starts with <bos>; a plain one gets it here
         pad_to_multiple_of=64 if static else None,
     )
     decoding: dict[str, Any] = {"cache_implementation": "static"} if static else {}
