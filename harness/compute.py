@@ -7,7 +7,7 @@ vocabulary is 262k, so full [tokens x vocab] logits would dominate both time and
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +50,6 @@ def output_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, float | N
     return causal_lm.get_decoder(), causal_lm.get_output_embeddings(), softcap
 
 
-@torch.inference_mode()
-def window_nll(loaded: LoadedModel, windows: Sequence[Window]) -> list[tuple[float, int]]:
-    """(summed NLL, scored tokens) for each window, run as one right-padded batch."""
-    with loaded.engaged() as model:
-        return _window_nll(model, loaded.tokenizer.pad_token_id, loaded.device, windows, loaded.options.compile)
-
-
 _COMPILED_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
 
 
@@ -73,25 +66,34 @@ def scoring_decoder(decoder: torch.nn.Module, compile_: bool) -> Any:
 
 def _window_nll(
     model: torch.nn.Module, pad_id: int, device: torch.device, windows: Sequence[Window], compile_: bool = False
-) -> list[tuple[float, int]]:
+) -> torch.Tensor:
+    """Summed NLL of each window's scored tokens (float64, on the device), run as one right-padded batch. Nothing
+    here waits for the device: the result is read back by the caller."""
     decoder, head, softcap = output_head(model)
     lengths = torch.tensor([len(w.input_ids) for w in windows])
     score_from = torch.tensor([w.score_from for w in windows])
     width = int(lengths.max())
-    input_ids = torch.tensor([w.input_ids + [pad_id] * (width - len(w.input_ids)) for w in windows], device=device)
+    input_ids = torch.tensor([w.input_ids + [pad_id] * (width - len(w.input_ids)) for w in windows])
     columns = torch.arange(width)
     attention_mask = columns[None, :] < lengths[:, None]
     # Without padding the mask is all ones: leave it out so attention can take the fused causal kernels.
-    mask = None if bool(attention_mask.all()) else attention_mask.long().to(device)
+    mask = None if bool(attention_mask.all()) else _to_device(attention_mask.long(), device)
+    input_ids = _to_device(input_ids, device)
     hidden = scoring_decoder(decoder, compile_)(input_ids=input_ids, attention_mask=mask)[0]
     # Scored positions found on the host: a nonzero() on the device would wait for the decoder to finish.
     scored = attention_mask & (columns[None, :] >= score_from[:, None])
-    rows, positions = (index.to(device, non_blocking=True) for index in scored.nonzero(as_tuple=True))
+    rows, positions = (_to_device(index, device) for index in scored.nonzero(as_tuple=True))
     # The hidden state at position p-1 predicts the token at p.
     nll = token_nll(hidden[rows, positions - 1], input_ids[rows, positions], head, softcap)
-    per_window = torch.zeros(len(windows), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
-    counts = (lengths - score_from).tolist()
-    return list(zip(per_window.tolist(), counts, strict=True))
+    return torch.zeros(len(windows), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting: copying from pageable memory would make the host wait until
+    the device has finished all the work queued before the copy, so a GPU copy goes through pinned memory."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def encode_for_scoring(loaded: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
@@ -105,23 +107,38 @@ def loglikelihood_rolling(
     loaded: LoadedModel, texts: Sequence[str], max_length: int, stride: int, batch_size: int
 ) -> list[SampleStats]:
     """Summed NLL over all tokens of each text (rolling windows past `max_length`), length-sorted batches."""
+    return queue_rolling(loaded, texts, max_length, stride, batch_size)()
+
+
+def queue_rolling(
+    loaded: LoadedModel, texts: Sequence[str], max_length: int, stride: int, batch_size: int
+) -> Callable[[], list[SampleStats]]:
+    """loglikelihood_rolling in two halves: this queues every batch on the device and returns a function that
+    waits for the results, so that the caller can prepare (and queue) more work while the device computes."""
     windows = [
         window
         for index, token_ids in enumerate(encode_for_scoring(loaded, texts))
         for window in rolling_windows(token_ids, max_length, stride, index)
     ]
     windows.sort(key=lambda w: len(w.input_ids), reverse=True)
-    nll_sums = [0.0] * len(texts)
-    token_counts = [0] * len(texts)
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size]
-        for window, (nll, count) in zip(batch, window_nll(loaded, batch), strict=True):
-            nll_sums[window.text_index] += nll
-            token_counts[window.text_index] += count
-    return [
-        SampleStats(nll=nll_sums[i], tokens=token_counts[i], bytes=len(text.encode("utf-8")))
-        for i, text in enumerate(texts)
-    ]
+    pad_id, device, compile_ = loaded.tokenizer.pad_token_id, loaded.device, loaded.options.compile
+    with torch.inference_mode(), loaded.engaged() as model:
+        batches = [windows[start : start + batch_size] for start in range(0, len(windows), batch_size)]
+        nll = [_window_nll(model, pad_id, device, batch, compile_) for batch in batches]
+
+    def results() -> list[SampleStats]:
+        nll_sums = [0.0] * len(texts)
+        token_counts = [0] * len(texts)
+        window_nll = torch.cat(nll).tolist() if nll else []  # the one wait for the device
+        for window, value in zip(windows, window_nll, strict=True):
+            nll_sums[window.text_index] += value
+            token_counts[window.text_index] += len(window.input_ids) - window.score_from
+        return [
+            SampleStats(nll=nll_sums[i], tokens=token_counts[i], bytes=len(text.encode("utf-8")))
+            for i, text in enumerate(texts)
+        ]
+
+    return results
 
 
 def _stop_token_ids(loaded: LoadedModel) -> list[int]:

@@ -12,7 +12,8 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -106,15 +107,17 @@ def _cache_key(loaded: LoadedModel, task: PreparedTask, model_input: str) -> str
     )
 
 
-def _compute_batch(loaded: LoadedModel, task: PreparedTask, inputs: list[str], batch_size: int) -> list[dict[str, Any]]:
+def _launch_batch(
+    loaded: LoadedModel, task: PreparedTask, inputs: list[str], batch_size: int
+) -> Callable[[], list[dict[str, Any]]]:
+    """Start one batch and return a function that gives its results: generation finishes here, while perplexity
+    is only queued on the device (compute.queue_rolling) and read back when the results are asked for."""
     spec = task.spec
     if spec.kind == "generate":
         outputs = compute.generate(loaded, inputs, spec.generation, chat=spec.chat_template)
-        return [{"output": text} for text in outputs]
-    stats = compute.loglikelihood_rolling(
-        loaded, inputs, spec.perplexity.max_length, spec.perplexity.stride, batch_size
-    )
-    return [{"nll": s.nll, "tokens": s.tokens, "bytes": s.bytes} for s in stats]
+        return lambda: [{"output": text} for text in outputs]
+    pending = compute.queue_rolling(loaded, inputs, spec.perplexity.max_length, spec.perplexity.stride, batch_size)
+    return lambda: [{"nll": s.nll, "tokens": s.tokens, "bytes": s.bytes} for s in pending()]
 
 
 def _model_outputs(
@@ -129,13 +132,29 @@ def _model_outputs(
     pending = sorted((i for i in range(len(inputs)) if i not in cached), key=lambda i: -len(inputs[i]))
     mine = distributed.shard(pending)  # under a launcher each rank takes its share; all ranks get every result
     computed: dict[str, Any] = {}
-    for start in range(0, len(mine), options.batch_size):
-        batch = mine[start : start + options.batch_size]
-        results = _compute_batch(loaded, task, [inputs[i] for i in batch], options.batch_size)
+
+    def store(batch: list[int], results: list[dict[str, Any]]) -> None:
         fresh = {keys[i]: result for i, result in zip(batch, results, strict=True)}
         cache.put_many(fresh)
         computed.update(fresh)
         progress.advance(bar, len(batch) * distributed.world_size())
+
+    # Perplexity keeps one batch in flight: the next batch is queued on the device before the previous one's
+    # results are read back and cached, so that host and device work overlap. Generation caches each batch as it
+    # comes. On any failure, what was computed is still cached.
+    in_flight = 1 if task.spec.kind == "perplexity" else 0
+    queue: deque[tuple[list[int], Callable[[], list[dict[str, Any]]]]] = deque()
+    try:
+        for start in range(0, len(mine), options.batch_size):
+            batch = mine[start : start + options.batch_size]
+            queue.append((batch, _launch_batch(loaded, task, [inputs[i] for i in batch], options.batch_size)))
+            while len(queue) > in_flight:
+                done, results = queue.popleft()
+                store(done, results())
+    finally:
+        while queue:
+            done, results = queue.popleft()
+            store(done, results())
     found.update(distributed.gather_dicts(computed))
     return inputs, [found[key] for key in keys], cached
 

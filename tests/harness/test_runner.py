@@ -119,3 +119,28 @@ def test_limit_and_run_spec(gemma: LoadedModel, qa_and_text_tasks: Path, result_
     assert spec.limit == 2 and spec.model.name == "gemma-3-270m" and spec.model.dtype == "float32"
     assert spec.model.fingerprint == gemma.fingerprint and len(spec.tasks[0].data_fingerprint) == 64
     assert spec.tasks[0].config["generation"]["max_new_tokens"] == 6
+
+
+def test_a_failing_batch_still_caches_the_batch_in_flight(
+    gemma: LoadedModel, qa_and_text_tasks: Path, result_cache: ResultCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Perplexity keeps one batch queued on the device while the next is started. Starting the second batch is made
+    to fail (a patched compute.queue_rolling, since a real model gives no reliable way to fail one batch): the
+    first batch, real model output not yet read back, must still reach the cache."""
+    from harness import compute
+
+    real_queue, calls = compute.queue_rolling, []
+
+    def fail_second(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory while queuing the second batch")
+        return real_queue(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compute, "queue_rolling", fail_second)
+    with pytest.raises(RuntimeError, match="second batch"):
+        run_tasks(gemma, qa_and_text_tasks, result_cache, ["text"], batch_size=1)
+    monkeypatch.setattr(compute, "queue_rolling", real_queue)
+    rerun = run_tasks(gemma, qa_and_text_tasks, result_cache, ["text"], batch_size=1)
+    assert rerun.tasks["text"].n_cached == 1
+    assert len(calls) == 2
