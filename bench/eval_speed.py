@@ -6,8 +6,9 @@ configs; see bench/common.py).
     python bench/eval_speed.py --device cpu --texts 8 --seq 256 --prompts 8 --new-tokens 16   # 2-core CPU
 
 Perplexity: `--texts` random texts of at most `--seq` tokens (BOS first), `--batch` at a time. Contenders: ours
-(harness.compute.loglikelihood_rolling), ours-compile (decoder layers compiled), hf (forward with `labels`,
-full logits), lmeval (`HFLM.loglikelihood_rolling`). The three perplexities must agree.
+(harness.compute.queue_rolling, driven as `harness run` drives it), ours-compile (decoder compiled), a `-chunked`
+suffix on either (the LM head in chunks instead of harness.head_kernel), hf (forward with `labels`, full logits;
+tokenized before timing), lmeval (`HFLM.loglikelihood_rolling`). The perplexities must agree.
 Generation: `--prompts` prompts of 128 random tokens, `--new-tokens` greedy tokens each, one batch. Contenders:
 ours (harness.compute.generate), ours-compile (static KV cache, compiled decoding step), lmeval
 (`HFLM.generate_until`). Tokens/s counts the generated text's tokens, re-tokenized, for everyone alike.
@@ -50,13 +51,23 @@ def load_ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> Any
 
 
 def ppl_ours(checkpoint: Path, texts: list[str], args: argparse.Namespace, contender: str) -> tuple[float, int, Any]:
-    from harness.compute import loglikelihood_rolling
+    from harness import headloss
+    from harness.compute import queue_rolling
 
+    headloss.FUSED_KERNEL = "chunked" not in contender
     loaded = load_ours(checkpoint, args, contender)
     loaded.model  # noqa: B018 - load the weights before timing
 
     def run() -> Any:
-        return loglikelihood_rolling(loaded, texts, max_length=args.seq + 1, stride=args.seq, batch_size=args.batch)
+        # As `harness run` drives it: texts longest first, `--batch` texts per call, one call in flight.
+        ordered = sorted(texts, key=len, reverse=True)
+        calls = [ordered[i : i + args.batch] for i in range(0, len(ordered), args.batch)]
+        stats, pending = [], None
+        for chunk in calls:
+            queued = queue_rolling(loaded, chunk, max_length=args.seq + 1, stride=args.seq, batch_size=args.batch)
+            stats += pending() if pending else []
+            pending = queued
+        return stats + (pending() if pending else [])
 
     stats = run()
     if contender in args.profile.split(","):

@@ -13,13 +13,15 @@ outlives its chunk.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 LOGIT_CHUNK_BYTES = 256 * 2**20
+FUSED_KERNEL = True  # scoring on a GPU through harness.head_kernel; False keeps the chunked path (for comparisons)
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -68,8 +70,16 @@ def _kernel(fn: Callable[..., Any], tensor: torch.Tensor) -> Callable[..., Any]:
 def token_nll(
     hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
 ) -> torch.Tensor:
-    """Per-row NLL (fp32, no gradient) of `targets` given final hidden states [rows, hidden]. On a GPU the chunks
-    are 4x larger: the compiled kernel keeps no fp32 copy and nothing is kept for a backward pass."""
+    """Per-row NLL (fp32, no gradient) of `targets` given final hidden states [rows, hidden].
+
+    On a GPU with Triton, a plain linear head goes through harness.head_kernel, which never writes the logits.
+    Otherwise the head runs in chunks; on a GPU they are 4x larger: the compiled kernel keeps no fp32 copy and
+    nothing is kept for a backward pass."""
+    if FUSED_KERNEL and hidden.is_cuda and _plain_linear(head) and importlib.util.find_spec("triton") is not None:
+        from harness.head_kernel import linear_nll
+
+        with torch.no_grad():
+            return linear_nll(hidden, head.weight, targets, softcap)
     rows = chunk_rows(_vocab_size(head)) * (4 if hidden.is_cuda else 1)
     row_nll = _kernel(_row_nll, hidden)
     with torch.no_grad():
@@ -89,7 +99,7 @@ def summed_nll(
     falls back to checkpointed chunks, whose logits are recomputed in the backward pass."""
     if not torch.is_grad_enabled() or not hidden.requires_grad:
         return token_nll(hidden, targets, head, softcap).sum()
-    if isinstance(head, torch.nn.Linear) and not head.weight.requires_grad and head.bias is None:
+    if _plain_linear(head) and not head.weight.requires_grad:
         return _FusedHeadNLL.apply(hidden, head.weight, targets, softcap)
     rows = chunk_rows(_vocab_size(head))
     total = hidden.new_zeros((), dtype=torch.float32)
@@ -103,6 +113,10 @@ def _head_chunk_nll(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
 ) -> torch.Tensor:
     return _row_nll(head(hidden), targets, softcap).sum()
+
+
+def _plain_linear(head: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
+    return isinstance(head, torch.nn.Linear) and head.bias is None
 
 
 def _vocab_size(head: torch.nn.Module) -> int:

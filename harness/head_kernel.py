@@ -1,0 +1,103 @@
+"""The LM head's log-sum-exp fused into its matmul (Triton, GPUs): scoring without the logits.
+
+Each program multiplies a block of hidden states by a run of vocabulary tiles, keeps the [rows x tile] logits in
+registers and folds them into a running max and sum (an online log-sum-exp), so the [rows x vocab] logits never
+reach device memory and nothing reads them back: the unfused head wrote them in bf16 and read them twice more.
+The vocabulary is split across programs as well, so that a small batch still fills the GPU; the splits' partial
+sums are combined afterwards. Logits stay fp32 from the matmul's accumulator on.
+
+Imported only where Triton is installed (GPU machines; the tests run the kernel in Triton's CPU interpreter).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_M, BLOCK_N, BLOCK_K = 128, 128, 64
+PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _partial_lse(
+    hidden,
+    weight,
+    part_max,
+    part_sum,
+    rows,
+    vocab,
+    dim,
+    split_size,
+    softcap,
+    HAS_SOFTCAP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Running max and sum of exp(logit - max) of BLOCK_M rows over one split of the vocabulary."""
+    block, split = tl.program_id(0), tl.program_id(1)
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    first = split * split_size
+    end = tl.minimum(first + split_size, vocab)
+    running_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    running_sum = tl.zeros([BLOCK_M], tl.float32)
+    for start in range(first, end, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        logits = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k in range(0, dim, BLOCK_K):
+            offs_k = k + tl.arange(0, BLOCK_K)
+            h = tl.load(
+                hidden + offs_m[:, None] * dim + offs_k[None, :],
+                mask=(offs_m[:, None] < rows) & (offs_k[None, :] < dim),
+                other=0.0,
+            )
+            w = tl.load(
+                weight + offs_n[None, :] * dim + offs_k[:, None],
+                mask=(offs_n[None, :] < end) & (offs_k[:, None] < dim),
+                other=0.0,
+            )
+            logits = tl.dot(h, w, logits, input_precision=PRECISION)
+        if HAS_SOFTCAP:  # Gemma 2: softcap * tanh(logits / softcap), tanh written with exp
+            logits = softcap * (1.0 - 2.0 / (tl.exp(2.0 * logits / softcap) + 1.0))
+        logits = tl.where(offs_n[None, :] < end, logits, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(logits, 1))
+        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
+        running_max = new_max
+    tl.store(part_max + split * rows + offs_m, running_max, mask=offs_m < rows)
+    tl.store(part_sum + split * rows + offs_m, running_sum, mask=offs_m < rows)
+
+
+def linear_logsumexp(hidden: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """logsumexp(softcap(hidden @ weight.T), dim=-1) in fp32, for hidden [rows, dim] and weight [vocab, dim]."""
+    hidden, weight = hidden.contiguous(), weight.contiguous()
+    (rows, dim), vocab = hidden.shape, weight.shape[0]
+    blocks = triton.cdiv(rows, BLOCK_M)
+    programs = PROGRAMS_PER_SM * _multiprocessors(hidden.device)
+    splits = max(1, min(triton.cdiv(programs, blocks), triton.cdiv(vocab, BLOCK_N)))
+    split_size = triton.cdiv(triton.cdiv(vocab, splits), BLOCK_N) * BLOCK_N
+    splits = triton.cdiv(vocab, split_size)
+    part_max = torch.empty(splits, rows, dtype=torch.float32, device=hidden.device)
+    part_sum = torch.empty_like(part_max)
+    _partial_lse[(blocks, splits)](
+        hidden, weight, part_max, part_sum, rows, vocab, dim, split_size, float(softcap or 1.0),
+        HAS_SOFTCAP=bool(softcap), PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=8, num_stages=3,
+    )  # fmt: skip
+    overall = part_max.max(dim=0).values
+    return overall + torch.log((part_sum * torch.exp(part_max - overall)).sum(dim=0))
+
+
+def linear_nll(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
+    """Per-row NLL (fp32) of `targets` under the logits softcap(hidden @ weight.T)."""
+    target_logit = (hidden.float() * weight[targets].float()).sum(dim=-1)
+    if softcap:
+        target_logit = torch.tanh(target_logit / softcap) * softcap
+    return linear_logsumexp(hidden, weight, softcap) - target_logit
+
+
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
