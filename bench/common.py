@@ -136,5 +136,5 @@ def run_isolated(script: str, argv: list[str], overrides: list[str]) -> list[dic
     child = subprocess.run([sys.executable, script, *argv, *overrides], stdout=subprocess.PIPE, text=True, check=False)
     for line in child.stdout.splitlines():
         print(line, flush=True)
-    rows = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads(line) for line in child.stdout.splitlines() if line.startswith('{"')]  # not TRL's dict
     return [row for row in rows if row.get("what") != "environment"] or [{"error": f"exit status {child.returncode}"}]
