@@ -54,14 +54,25 @@ _COMPILED_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.We
 
 
 def scoring_decoder(decoder: torch.nn.Module, compile_: bool) -> Any:
-    """The decoder stack to score with: under --compile, one torch.compile wrapper per decoder (dynamic shapes, so
-    every batch width shares one graph). A wrapper, not the modules themselves: generation keeps the plain modules
-    for transformers' own compiled static-cache decoding."""
+    """The decoder stack to score with: under --compile, one torch.compile wrapper per decoder. A wrapper, not the
+    modules themselves: generation keeps the plain modules for transformers' own compiled static-cache decoding.
+
+    Batch size and width are marked dynamic where the graph allows it (maybe_mark_dynamic), so that batches of any
+    width share one graph. Not `dynamic=True`: that forces a symbolic batch size, on which torch's lowering of flex
+    attention (Gemma 2's soft-capped attention) fails."""
     if not compile_:
         return decoder
     if decoder not in _COMPILED_DECODERS:
-        _COMPILED_DECODERS[decoder] = torch.compile(decoder, dynamic=True)
-    return _COMPILED_DECODERS[decoder]
+        _COMPILED_DECODERS[decoder] = torch.compile(decoder)
+    compiled = _COMPILED_DECODERS[decoder]
+
+    def call(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Any:
+        for tensor in (input_ids, attention_mask):
+            for dim in (0, 1) if tensor is not None else ():
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        return compiled(input_ids=input_ids, attention_mask=attention_mask)
+
+    return call
 
 
 def _window_nll(

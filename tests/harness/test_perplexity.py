@@ -81,3 +81,26 @@ def test_rolling_windows_score_every_token_once(n_tokens: int, max_length: int, 
     scored = [w.input_ids[p] for w in windows for p in range(w.score_from, len(w.input_ids))]
     assert scored == token_ids[1:]
     assert all(len(w.input_ids) <= max_length and w.score_from >= 1 for w in windows)
+
+
+@pytest.mark.slow
+def test_compiled_scoring_under_flex_attention_matches_eager() -> None:
+    """--compile with flex attention (how Gemma 2's soft-capped attention runs fast) on padded batches of changing
+    width and size: the compiled decoder gives the eager sums. A tiny random-weight Gemma 2 built from its config
+    (no Gemma 2 weights are embedded); compiling the whole decoder with a symbolic batch size fails in torch's
+    flex-attention lowering, which scoring_decoder avoids."""
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    from harness.compute import Window, _window_nll
+
+    config = Gemma2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="flex_attention").eval()
+    generator = torch.Generator().manual_seed(0)
+    for lengths in ([40, 33, 40], [56, 50], [24, 17, 9]):
+        windows = [Window(0, torch.randint(1, 512, (n,), generator=generator).tolist(), 1) for n in lengths]
+        with torch.inference_mode():
+            eager = _window_nll(model, 0, torch.device("cpu"), windows, compile_=False)
+            compiled = _window_nll(model, 0, torch.device("cpu"), windows, compile_=True)
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
