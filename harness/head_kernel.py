@@ -3,8 +3,10 @@
 Each program multiplies a block of hidden states by a run of vocabulary tiles, keeps the [rows x tile] logits in
 registers and folds them into a running max and sum (an online log-sum-exp), so the [rows x vocab] logits never
 reach device memory and nothing reads them back: the unfused head wrote them in bf16 and read them twice more.
-The vocabulary is split across programs as well, so that a small batch still fills the GPU; the splits' partial
-sums are combined afterwards. Logits stay fp32 from the matmul's accumulator on.
+The vocabulary is split across programs as well, and the programs running at one time are the splits of a few row
+blocks: those blocks' hidden states stay in L2 while the head's weight streams past (with row blocks outermost,
+a 2B model's hidden states for 16k rows overflow L2 and are re-read from memory for every vocabulary tile). The
+splits' partial sums are combined afterwards. Logits stay fp32 from the matmul's accumulator on.
 
 Imported only where Triton is installed (GPU machines; the tests run the kernel in Triton's CPU interpreter).
 """
@@ -15,7 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_M, BLOCK_N, BLOCK_K = 128, 128, 64
+# Tile sizes and launch settings (bench/head_kernel.py compares settings on a GPU).
+BLOCK_M, BLOCK_N, BLOCK_K, WARPS, STAGES = 128, 128, 64, 8, 3
+MIN_SPLITS = 16  # vocabulary splits per row block: 16 runs ~8 row blocks at a time on an H100
 PROGRAMS_PER_SM = 4
 
 
@@ -37,7 +41,7 @@ def _partial_lse(
     BLOCK_K: tl.constexpr,
 ):
     """Running max and sum of exp(logit - max) of BLOCK_M rows over one split of the vocabulary."""
-    block, split = tl.program_id(0), tl.program_id(1)
+    split, block = tl.program_id(0), tl.program_id(1)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     first = split * split_size
     end = tl.minimum(first + split_size, vocab)
@@ -75,15 +79,15 @@ def linear_logsumexp(hidden: torch.Tensor, weight: torch.Tensor, softcap: float 
     (rows, dim), vocab = hidden.shape, weight.shape[0]
     blocks = triton.cdiv(rows, BLOCK_M)
     programs = PROGRAMS_PER_SM * _multiprocessors(hidden.device)
-    splits = max(1, min(triton.cdiv(programs, blocks), triton.cdiv(vocab, BLOCK_N)))
+    splits = max(1, min(max(MIN_SPLITS, triton.cdiv(programs, blocks)), triton.cdiv(vocab, BLOCK_N)))
     split_size = triton.cdiv(triton.cdiv(vocab, splits), BLOCK_N) * BLOCK_N
     splits = triton.cdiv(vocab, split_size)
     part_max = torch.empty(splits, rows, dtype=torch.float32, device=hidden.device)
     part_sum = torch.empty_like(part_max)
-    _partial_lse[(blocks, splits)](
+    _partial_lse[(splits, blocks)](
         hidden, weight, part_max, part_sum, rows, vocab, dim, split_size, float(softcap or 1.0),
         HAS_SOFTCAP=bool(softcap), PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=8, num_stages=3,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=WARPS, num_stages=STAGES,
     )  # fmt: skip
     overall = part_max.max(dim=0).values
     return overall + torch.log((part_sum * torch.exp(part_max - overall)).sum(dim=0))

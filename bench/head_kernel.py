@@ -1,0 +1,69 @@
+"""The fused LM-head log-sum-exp (harness.head_kernel) against the head it replaces, on a GPU: tile settings of
+the kernel, the plain cuBLAS head matmul alone (what the unfused head spends before any log-sum-exp), and the
+chunked path (matmul + compiled log-sum-exp per chunk). Random bf16 inputs of the real shapes.
+
+    python bench/head_kernel.py --configs 128x128x64w8s3v16,128x256x64w8s3v16
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+CONFIGS = "128x128x64w8s3v1,128x128x64w8s3v16,128x256x64w8s3v16,256x128x64w8s3v16,128x256x64w8s4v16,128x128x64w8s4v32"
+SHAPES = {"gemma-3-270m": (640, 262_144), "gemma-2-2b-shape": (2304, 256_000)}
+
+
+def timed_ms(fn: object, repeats: int = 10) -> float:
+    fn()  # type: ignore[operator]
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()  # type: ignore[operator]
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def compare(model: str, dim: int, vocab: int, rows: int, configs: list[str]) -> None:
+    from harness import head_kernel, headloss
+
+    hidden = torch.randn(rows, dim, device="cuda").bfloat16()
+    head = torch.nn.Linear(dim, vocab, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    targets = torch.randint(0, vocab, (rows,), device="cuda")
+    tflop = 2 * rows * dim * vocab / 1e12
+    reference = head_kernel.linear_logsumexp(hidden, head.weight, None)
+
+    def report(what: str, ms: float) -> None:
+        print(f"{model:>17} {what:>22}: {ms:8.2f} ms  {tflop / ms * 1e3:6.0f} TFLOP/s", flush=True)
+
+    report("cuBLAS matmul only", timed_ms(lambda: hidden @ head.weight.T))
+    headloss.FUSED_KERNEL = False
+    report("chunked head NLL", timed_ms(lambda: headloss.token_nll(hidden, targets, head, None)))
+    headloss.FUSED_KERNEL = True
+    for config in configs:
+        m, n, k, warps, stages, splits = map(int, re.findall(r"\d+", config))
+        head_kernel.BLOCK_M, head_kernel.BLOCK_N, head_kernel.BLOCK_K = m, n, k
+        head_kernel.WARPS, head_kernel.STAGES, head_kernel.MIN_SPLITS = warps, stages, splits
+        try:
+            error = float((head_kernel.linear_logsumexp(hidden, head.weight, None) - reference).abs().max())
+            report(f"kernel {config}", timed_ms(lambda: head_kernel.linear_nll(hidden, head.weight, targets, None)))
+            print(f"{'':>40}  max |lse - default tiles'| = {error:.2e}", flush=True)
+        except Exception as failure:  # a tile that does not fit in shared memory fails to launch
+            print(f"{model:>17} kernel {config}: {repr(failure)[:200]}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=16_384)
+    parser.add_argument("--configs", default=CONFIGS, help="tiles MxNxK, warps, stages, minimum vocabulary splits")
+    args = parser.parse_args()
+    for model, (dim, vocab) in SHAPES.items():
+        compare(model, dim, vocab, args.rows, args.configs.split(","))
+
+
+if __name__ == "__main__":
+    main()
