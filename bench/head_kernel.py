@@ -12,7 +12,10 @@ import re
 
 import torch
 
-CONFIGS = "128x128x64w8s3v1,128x128x64w8s3v16,128x256x64w8s3v16,256x128x64w8s3v16,128x256x64w8s4v16,128x128x64w8s4v32"
+DEFAULTS = (0, 0, 64, 8, 3, 16)  # "auto": the tiles harness.head_kernel picks by hidden size
+CONFIGS = (
+    "auto,128x128x64w8s3v1,128x128x64w8s3v16,128x256x64w8s3v16,256x128x64w8s3v16,128x256x64w8s4v16,128x128x64w8s4v32"
+)
 SHAPES = {"gemma-3-270m": (640, 262_144), "gemma-2-2b-shape": (2304, 256_000)}
 
 
@@ -45,8 +48,8 @@ def compare(model: str, dim: int, vocab: int, rows: int, configs: list[str]) -> 
     report("chunked head NLL", timed_ms(lambda: headloss.token_nll(hidden, targets, head, None)))
     headloss.FUSED_KERNEL = True
     for config in configs:
-        m, n, k, warps, stages, splits = map(int, re.findall(r"\d+", config))
-        head_kernel.BLOCK_M, head_kernel.BLOCK_N, head_kernel.BLOCK_K = m, n, k
+        m, n, k, warps, stages, splits = map(int, re.findall(r"\d+", config)) if config != "auto" else DEFAULTS
+        head_kernel.BLOCK_M, head_kernel.BLOCK_N, head_kernel.BLOCK_K = m or None, n or None, k
         head_kernel.WARPS, head_kernel.STAGES, head_kernel.MIN_SPLITS = warps, stages, splits
         try:
             error = float((head_kernel.linear_logsumexp(hidden, head.weight, None) - reference).abs().max())
