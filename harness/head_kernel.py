@@ -80,6 +80,8 @@ def linear_logsumexp(hidden: torch.Tensor, weight: torch.Tensor, softcap: float 
     """logsumexp(softcap(hidden @ weight.T), dim=-1) in fp32, for hidden [rows, dim] and weight [vocab, dim]."""
     hidden, weight = hidden.contiguous(), weight.contiguous()
     (rows, dim), vocab = hidden.shape, weight.shape[0]
+    if rows == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
     block_m, block_n = (BLOCK_M or 128, BLOCK_N or 256) if dim <= 1024 else (BLOCK_M or 256, BLOCK_N or 128)
     blocks = triton.cdiv(rows, block_m)
     programs = PROGRAMS_PER_SM * _multiprocessors(hidden.device)

@@ -31,6 +31,7 @@ for rows, dim, vocab, softcap in [(5, 40, 1000, None), (130, 72, 700, 30.0), (3,
     expected = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     got = linear_nll(hidden, weight, targets, softcap).double()
     print(rows, dim, vocab, softcap, float((got - expected).abs().max()), float(expected.abs().max()))
+assert linear_nll(torch.zeros(0, 8), torch.ones(10, 8), torch.zeros(0, dtype=torch.long), None).shape == (0,)
 """
 
 
