@@ -35,6 +35,11 @@ assert linear_nll(torch.zeros(0, 8), torch.ones(10, 8), torch.zeros(0, dtype=tor
 """
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="a GPU runs the compiled kernel below; the interpreter of the Triton that CUDA torch 2.11 ships (3.6) "
+    "cannot index a range by a tensor bound, which 3.9's can",
+)
 def test_kernel_matches_full_logits_in_the_interpreter() -> None:
     env = os.environ | {"TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(CASES)], env=env, capture_output=True, text=True)
