@@ -53,6 +53,7 @@ def load_ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> Any
 def ppl_ours(checkpoint: Path, texts: list[str], args: argparse.Namespace, contender: str) -> tuple[float, int, Any]:
     from harness import headloss
     from harness.compute import queue_rolling
+    from harness.runner import pipelined
 
     headloss.FUSED_KERNEL = "chunked" not in contender
     loaded = load_ours(checkpoint, args, contender)
@@ -62,12 +63,14 @@ def ppl_ours(checkpoint: Path, texts: list[str], args: argparse.Namespace, conte
         # As `harness run` drives it: texts longest first, `--batch` texts per call, one call in flight.
         ordered = sorted(texts, key=len, reverse=True)
         calls = [ordered[i : i + args.batch] for i in range(0, len(ordered), args.batch)]
-        stats, pending = [], None
-        for chunk in calls:
-            queued = queue_rolling(loaded, chunk, max_length=args.seq + 1, stride=args.seq, batch_size=args.batch)
-            stats += pending() if pending else []
-            pending = queued
-        return stats + (pending() if pending else [])
+        stats: list[Any] = []
+        pipelined(
+            calls,
+            lambda chunk: queue_rolling(loaded, chunk, max_length=args.seq + 1, stride=args.seq, batch_size=args.batch),
+            lambda _, results: stats.extend(results),
+            in_flight=1,
+        )
+        return stats
 
     stats = run()
     if contender in args.profile.split(","):

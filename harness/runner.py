@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -39,6 +39,9 @@ from harness.record import (
 from harness.registry import SampleStats, get_metric
 from harness.stats import bootstrap
 from harness.taskspec import TaskSpec
+
+B = TypeVar("B")  # a batch, as pipelined() hands it to its callbacks
+R = TypeVar("R")  # a batch's results
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,30 @@ def _launch_batch(
     return lambda: [{"nll": s.nll, "tokens": s.tokens, "bytes": s.bytes} for s in pending()]
 
 
+def pipelined(
+    batches: Sequence[B],
+    launch: Callable[[B], Callable[[], R]],
+    store: Callable[[B, R], None],
+    in_flight: int,
+) -> None:
+    """Launch each batch and store its results, keeping up to `in_flight` launched batches unstored: the next batch
+    is queued on the device before the previous one's results are read back. On any failure, every batch already
+    launched is still stored."""
+    queue: deque[tuple[B, Callable[[], R]]] = deque()
+
+    def drain(keep: int) -> None:
+        while len(queue) > keep:
+            batch, results = queue.popleft()
+            store(batch, results())
+
+    try:
+        for batch in batches:
+            queue.append((batch, launch(batch)))
+            drain(in_flight)
+    finally:
+        drain(0)
+
+
 def _model_outputs(
     loaded: LoadedModel, task: PreparedTask, cache: ResultCache, options: RunOptions, progress: Progress
 ) -> tuple[list[str], list[dict[str, Any]], set[int]]:
@@ -139,22 +166,14 @@ def _model_outputs(
         computed.update(fresh)
         progress.advance(bar, len(batch) * distributed.world_size())
 
-    # Perplexity keeps one batch in flight: the next batch is queued on the device before the previous one's
-    # results are read back and cached, so that host and device work overlap. Generation caches each batch as it
-    # comes. On any failure, what was computed is still cached.
-    in_flight = 1 if task.spec.kind == "perplexity" else 0
-    queue: deque[tuple[list[int], Callable[[], list[dict[str, Any]]]]] = deque()
-    try:
-        for start in range(0, len(mine), options.batch_size):
-            batch = mine[start : start + options.batch_size]
-            queue.append((batch, _launch_batch(loaded, task, [inputs[i] for i in batch], options.batch_size)))
-            while len(queue) > in_flight:
-                done, results = queue.popleft()
-                store(done, results())
-    finally:
-        while queue:
-            done, results = queue.popleft()
-            store(done, results())
+    # Perplexity keeps one batch in flight (host and device work overlap); generation caches each batch as it comes.
+    batches = [mine[start : start + options.batch_size] for start in range(0, len(mine), options.batch_size)]
+    pipelined(
+        batches,
+        lambda batch: _launch_batch(loaded, task, [inputs[i] for i in batch], options.batch_size),
+        store,
+        in_flight=1 if task.spec.kind == "perplexity" else 0,
+    )
     found.update(distributed.gather_dicts(computed))
     return inputs, [found[key] for key in keys], cached
 
