@@ -44,6 +44,9 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile each decoder layer (GPU: fewer, fused kernels)")
+    cuda_graph: bool = Field(
+        False, description="replay each micro-batch's forward and backward as one CUDA graph (GPU; fixed shapes)"
+    )
     attention: Attention = Field("auto", description="attention back-end: auto, eager, sdpa or flex_attention")
     seed: int = 0
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share when no --eval-data is given")

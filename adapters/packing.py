@@ -27,6 +27,10 @@ class Batch:
     def supervised_tokens(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
 
+    def packed(self) -> bool:
+        """Whether some row holds more than one example (padding is segment 0, only at a row's end)."""
+        return bool((self.segment_ids > 1).any())
+
     def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.labels, self.position_ids, self.segment_ids)))
 
@@ -48,10 +52,11 @@ def pack(examples: Sequence[TokenizedExample], max_seq_len: int) -> list[list[in
     return bins
 
 
-def collate(rows: Sequence[Sequence[TokenizedExample]], pad_id: int) -> Batch:
-    """Right-padded tensors for rows of (packed) examples."""
+def collate(rows: Sequence[Sequence[TokenizedExample]], pad_id: int, shape: tuple[int, int] | None = None) -> Batch:
+    """Right-padded tensors for rows of (packed) examples; `shape` pads to a fixed [rows, width] (CUDA graphs)."""
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
-    shape = (len(rows), width)
+    shape = shape or (len(rows), width)
+    assert len(rows) <= shape[0] and width <= shape[1], f"{len(rows)} rows of up to {width} tokens exceed {shape}"
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
@@ -81,13 +86,20 @@ def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype, window: int
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def attention_masks(config: Any, segment_ids: torch.Tensor, dtype: torch.dtype) -> Any:
-    """The mask argument for the decoder: one 4D mask, or a mapping per layer type (sliding windows)."""
+def attention_masks(config: Any, segment_ids: torch.Tensor, dtype: torch.dtype, sdpa_causal: bool = False) -> Any:
+    """The mask argument for the decoder: one 4D mask, or a mapping per layer type (sliding windows).
+
+    `sdpa_causal` (rows of one example each, sdpa attention): in the mapping, a layer type whose mask would be
+    plain causal gets None, which sdpa runs as `is_causal` (its flash kernels) without a mask tensor."""
     layer_types = getattr(config, "layer_types", None)
     if not layer_types:
         return block_causal_mask(segment_ids, dtype)
     window = getattr(config, "sliding_window", None)
-    return {
-        kind: block_causal_mask(segment_ids, dtype, window if kind == "sliding_attention" else None)
-        for kind in set(layer_types)
-    }
+
+    def mask(kind: str) -> torch.Tensor | None:
+        kind_window = window if kind == "sliding_attention" and window is not None else None
+        if sdpa_causal and (kind_window is None or kind_window >= segment_ids.shape[1]):
+            return None
+        return block_causal_mask(segment_ids, dtype, kind_window)
+
+    return {kind: mask(kind) for kind in set(layer_types)}

@@ -22,11 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adapters import checkpoints
 from adapters.config import TrainConfig
 from adapters.data import TrainingData, prepare_training_data
+from adapters.graphs import MicroStep, micro_step
 from adapters.loss import supervised_nll
-from adapters.packing import collate, pack
+from adapters.packing import Batch, collate, pack
 from adapters.tokenize import TokenizedExample
 from harness import distributed
 from harness.compute import output_head
+from harness.errors import HarnessError
 from harness.models import LoadedModel, ModelOptions, load_model
 from harness.record import write_atomic
 
@@ -55,6 +57,8 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
         name=config.model, quant=config.quant, dtype=config.dtype, device=config.device, attention=config.attention
     )
     loaded = load_model(options)
+    if config.cuda_graph and loaded.device.type != "cuda":
+        raise HarnessError(f"CUDA graphs need a CUDA device, not {loaded.device}", field="cuda_graph")
     base = loaded.model
     _keep_one_nf4_kernel_path(base)
     if config.gradient_checkpointing and not config.compile:
@@ -134,34 +138,37 @@ def make_optimizer(model: Any, config: TrainConfig, total_steps: int) -> tuple[t
     from transformers import get_cosine_schedule_with_warmup
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    fused = trainable[0].is_cuda  # one kernel for all the adapter's tensors instead of a dozen launches per step
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps), total_steps)
     return optimizer, scheduler
 
 
-def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Any], config: TrainConfig) -> dict:
-    """One optimizer step over its micro-batches; the loss is normalised by the step's supervised tokens.
+def train_step(
+    model: Any, optimizer: Any, scheduler: Any, batches: list[Batch], config: TrainConfig, forward_backward: MicroStep
+) -> dict:
+    """One optimizer step over its micro-batches (host tensors; `forward_backward` is `graphs.micro_step`'s); the
+    loss is normalised by the step's supervised tokens and read back once, after the optimizer has been queued.
 
     Under a launcher the micro-batches are shared out across processes and the adapter's gradients summed
     (all-reduce), so a step is the same global batch whatever the number of processes."""
     n_supervised = sum(batch.supervised_tokens for batch in batches)
-    optimizer.zero_grad(set_to_none=True)
-    step_nll = torch.zeros(1, dtype=torch.float64)
+    optimizer.zero_grad(set_to_none=False)  # zeroed in place: a CUDA graph accumulates into these tensors
+    step_nll = torch.zeros(1, dtype=torch.float64, device=model.device)  # on the device: NCCL reduces it there
     for batch in distributed.shard(batches):
-        nll = supervised_nll(model, batch.to(model.device))
-        (nll / n_supervised).backward()
-        step_nll += float(nll.detach())
+        step_nll += forward_backward(batch, n_supervised)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for parameter in trainable:
         if parameter.grad is None:  # a rank with no micro-batch this step still joins the all-reduce
             parameter.grad = torch.zeros_like(parameter)
     distributed.sum_tensors(step_nll, *(p.grad for p in trainable))
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
     learning_rate = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
     tokens = sum(int((batch.segment_ids > 0).sum()) for batch in batches)
-    return {"loss": float(step_nll) / n_supervised, "lr": learning_rate, "grad_norm": grad_norm, "tokens": tokens}
+    loss = float(step_nll) / n_supervised
+    return {"loss": loss, "lr": learning_rate, "grad_norm": float(grad_norm), "tokens": tokens}
 
 
 def _evaluate_and_track(
@@ -217,6 +224,8 @@ def train(
     rows = _rows(data, config)
     schedule = micro_batch_schedule(len(rows), config)
     optimizer, scheduler = make_optimizer(model, config, len(schedule))
+    forward_backward = micro_step(model, config.cuda_graph)
+    shape = (config.batch_size, config.max_seq_len) if config.cuda_graph else None  # one graph for all batches
     state = TrainState()
     if resume:
         state = checkpoints.restore_latest(out, model, optimizer, scheduler, config, TrainState) or state
@@ -227,8 +236,8 @@ def train(
         bar = progress.add_task("train", total=len(schedule), completed=state.step, loss=math.nan, lr=0.0, tps=0.0)
         while state.step < len(schedule):
             started = time.perf_counter()
-            batches = [collate([rows[r] for r in micro], pad_id) for micro in schedule[state.step]]
-            record = train_step(model, optimizer, scheduler, batches, config)
+            batches = [collate([rows[r] for r in micro], pad_id, shape) for micro in schedule[state.step]]
+            record = train_step(model, optimizer, scheduler, batches, config, forward_backward)
             state.train_seconds += time.perf_counter() - started
             state.step += 1
             state.tokens_seen += record["tokens"]

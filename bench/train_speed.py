@@ -10,6 +10,8 @@ position supervised. Tokens/s is the median step after warm-up; memory is the al
 to the last step. Contenders:
   ours                our train_step (no gradient checkpointing)     ours-ckpt     ... with gradient checkpointing
   ours-compile        ... decoder layers under torch.compile          ours-compile-ckpt  both (activation budget)
+  ...-graph           any of ours with `cuda_graph: true` (each micro-batch's forward and backward one CUDA graph)
+  ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (harness.headloss.LOGIT_CHUNK_BYTES)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import tempfile
 import time
@@ -41,10 +44,15 @@ LORA = {"r": 16, "alpha": 32}
 
 def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str, Any]:
     from adapters.config import TrainConfig
+    from adapters.graphs import micro_step
     from adapters.packing import collate
     from adapters.tokenize import IGNORE_INDEX, TokenizedExample
     from adapters.trainer import build_model, make_optimizer, train_step
+    from harness import headloss
 
+    chunk_mib = re.search(r"chunk(\d+)", contender)
+    if chunk_mib:
+        headloss.LOGIT_CHUNK_BYTES = int(chunk_mib.group(1)) * 2**20
     config = TrainConfig(
         model=str(checkpoint),
         quant=args.quant,
@@ -56,6 +64,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         batch_size=args.batch,
         gradient_checkpointing="ckpt" in contender,
         compile="compile" in contender,
+        cuda_graph="graph" in contender,
         attention=args.attention,
     )
     device = torch.device(args.device)
@@ -63,12 +72,13 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         model, _ = build_model(config)
         model.train()  # as the trainer does: dropout off here (0.0), gradient checkpointing only in train mode
         optimizer, scheduler = make_optimizer(model, config, 1000)
+        forward_backward = micro_step(model, config.cuda_graph)
         rows = random_ids(args.batch, args.seq).tolist()
         batch = collate([[TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in rows], pad_id=0)
         records: list[dict[str, Any]] = []
 
         def step() -> None:
-            records.append(train_step(model, optimizer, scheduler, [batch], config))
+            records.append(train_step(model, optimizer, scheduler, [batch], config, forward_backward))
 
         started = time.perf_counter()
         step()
@@ -83,6 +93,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         "step_s": seconds,
         "first_step_s": first_step_s,
         "grad_norm": grad_norm,
+        "losses": [round(r["loss"], 5) for r in records],
         **memory,
     }
 

@@ -21,6 +21,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 LOGIT_CHUNK_BYTES = 256 * 2**20
+LSE_SLICES = 64
 FUSED_KERNEL = True  # scoring on a GPU through harness.head_kernel; False keeps the chunked path (for comparisons)
 
 
@@ -34,19 +35,30 @@ def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
+def _logsumexp(capped: torch.Tensor) -> torch.Tensor:
+    """Row log-sum-exp in two stages, over LSE_SLICES slices of the vocabulary and then over the slices. Compiled,
+    one stage-one program per slice instead of one per row keeps the GPU's memory busy: with one per row, a
+    chunk's few hundred programs streamed 262k logits each, and the head's pointwise work took 3x as long."""
+    rows, vocab = capped.shape
+    if vocab % LSE_SLICES:
+        return torch.logsumexp(capped, dim=-1)
+    return torch.logsumexp(torch.logsumexp(capped.view(rows, LSE_SLICES, -1), dim=-1), dim=-1)
+
+
 def _row_nll(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
     """Per-row NLL (fp32) of `targets` under one chunk of raw logits, Gemma 2's soft-cap applied."""
     capped = _capped(logits, softcap)
-    return torch.logsumexp(capped, dim=-1) - capped.gather(1, targets[:, None])[:, 0]
+    return _logsumexp(capped) - capped.gather(1, targets[:, None])[:, 0]
 
 
 def _row_nll_and_dlogits(
     logits: torch.Tensor, targets: torch.Tensor, softcap: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL and its gradient with respect to the raw logits (softmax - one-hot, through the soft-cap)."""
+    """Per-row NLL and its gradient with respect to the raw logits (softmax - one-hot, through the soft-cap).
+    Row weights stay outside: multiplied in here, the compiled version fused into one slower kernel."""
     capped = _capped(logits, softcap)
-    lse = torch.logsumexp(capped, dim=-1)
-    nll = (lse - capped.gather(1, targets[:, None])[:, 0]).sum()
+    lse = _logsumexp(capped)
+    nll = lse - capped.gather(1, targets[:, None])[:, 0]
     # softmax - one-hot, written as a comparison rather than a scatter so that a compiled version stays one
     # pointwise kernel that writes bf16 (a scatter would split it and write fp32 first).
     vocab = torch.arange(capped.shape[1], device=capped.device)
@@ -91,28 +103,35 @@ def token_nll(
 
 
 def summed_nll(
-    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: torch.nn.Module,
+    softcap: float | None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Summed NLL (fp32 scalar) of `targets`; differentiable with respect to `hidden`.
+    """Summed NLL (fp32 scalar) of `targets`; differentiable with respect to `hidden`. `weights` (0 or 1 per row)
+    leave rows out without changing any shape (a CUDA graph's loss takes every position, masked).
 
     A frozen linear head takes the fused path; a trainable or non-linear head (a LoRA-wrapped or quantized one)
     falls back to checkpointed chunks, whose logits are recomputed in the backward pass."""
+    if weights is None:
+        weights = torch.ones(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     if not torch.is_grad_enabled() or not hidden.requires_grad:
-        return token_nll(hidden, targets, head, softcap).sum()
+        return (token_nll(hidden, targets, head, softcap) * weights).sum()
     if _plain_linear(head) and not head.weight.requires_grad:
-        return _FusedHeadNLL.apply(hidden, head.weight, targets, softcap)
+        return _FusedHeadNLL.apply(hidden, head.weight, targets, softcap, weights)
     rows = chunk_rows(_vocab_size(head))
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], rows):
         chunk = (head, hidden[start : start + rows], targets[start : start + rows], softcap)
-        total = total + checkpoint(_head_chunk_nll, *chunk, use_reentrant=False)
+        total = total + checkpoint(_head_chunk_nll, *chunk, weights[start : start + rows], use_reentrant=False)
     return total
 
 
 def _head_chunk_nll(
-    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None, weights: torch.Tensor
 ) -> torch.Tensor:
-    return _row_nll(head(hidden), targets, softcap).sum()
+    return (_row_nll(head(hidden), targets, softcap) * weights).sum()
 
 
 def _plain_linear(head: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
@@ -130,21 +149,28 @@ class _FusedHeadNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        softcap: float | None,
+        row_weights: torch.Tensor,
     ) -> torch.Tensor:
         rows = chunk_rows(weight.shape[0])
         nll_and_dlogits = _kernel(_row_nll_and_dlogits, hidden)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], rows):
-            chunk = hidden[start : start + rows]
-            nll, dlogits = nll_and_dlogits(chunk @ weight.T, targets[start : start + rows], softcap)
-            total += nll
-            torch.matmul(dlogits, weight, out=grad_hidden[start : start + rows])
-        ctx.save_for_backward(grad_hidden)
+            window = slice(start, start + rows)
+            chunk = hidden[window]
+            nll, dlogits = nll_and_dlogits(chunk @ weight.T, targets[window], softcap)
+            total += (nll * row_weights[window]).sum()
+            torch.matmul(dlogits, weight, out=grad_hidden[window])
+        ctx.save_for_backward(grad_hidden, row_weights)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[Any, ...]:
-        (grad_hidden,) = ctx.saved_tensors
-        return (grad_hidden.float() * grad_total).to(grad_hidden.dtype), None, None, None
+        grad_hidden, row_weights = ctx.saved_tensors
+        scale = row_weights[:, None] * grad_total  # the rows' weights, applied here rather than per chunk
+        return (grad_hidden.float() * scale).to(grad_hidden.dtype), None, None, None, None

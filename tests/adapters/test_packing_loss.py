@@ -77,6 +77,13 @@ def test_packed_batch_gives_the_same_per_example_losses(gemma: LoadedModel, toke
     # And padding: the examples as a right-padded batch of separate rows.
     padded = collate([[example] for example in tokenized], pad_id)
     assert float(supervised_nll(gemma.model, padded)) == pytest.approx(sum(alone), rel=1e-4)
+    # And the CUDA graphs' static loss (every position, weighted) on a fixed shape, packed and padded.
+    packed_rows = collate([[tokenized[i] for i in bin_], [tokenized[0]]], pad_id, shape=(3, 200))
+    static = float(supervised_nll(gemma.model, packed_rows, static=True))
+    assert static == pytest.approx(sum(alone) + alone[0], rel=1e-4)
+    assert float(supervised_nll(gemma.model, collate([[e] for e in tokenized], pad_id, (4, 64)), static=True)) == (
+        pytest.approx(sum(alone), rel=1e-4)
+    )
 
 
 @torch.no_grad()
@@ -129,6 +136,7 @@ def test_fused_head_gradients_match_full_logits_autograd(tokenized: list[Tokeniz
         return torch.nn.functional.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
     fused_loss, fused = lora_grads(lambda: supervised_nll(model, batch))
+    static_loss, static = lora_grads(lambda: supervised_nll(model, batch, static=True))  # as CUDA graphs run it
     head.weight.requires_grad_(True)
     autograd_loss, autograd = lora_grads(lambda: supervised_nll(model, batch))
     head.weight.requires_grad_(False)
@@ -136,7 +144,9 @@ def test_fused_head_gradients_match_full_logits_autograd(tokenized: list[Tokeniz
 
     assert len(fused) == 2 * 7 * model.config.num_hidden_layers  # A and B of every linear layer
     assert fused_loss == autograd_loss and fused_loss == pytest.approx(hf_loss, rel=1e-5)
+    assert static_loss == pytest.approx(fused_loss, rel=1e-6)
     for name, grad in fused.items():
+        assert torch.allclose(static[name], grad, rtol=1e-4, atol=1e-7), name
         to_autograd = float((grad - autograd[name]).norm() / autograd[name].norm())
         assert to_autograd < 2e-5, f"{name}: {to_autograd:.2e} from autograd's gradient"  # measured: at most 8.5e-6
         relative = float((grad - hf[name]).norm() / hf[name].norm())
