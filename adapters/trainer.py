@@ -56,9 +56,10 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     options = ModelOptions(
         name=config.model, quant=config.quant, dtype=config.dtype, device=config.device, attention=config.attention
     )
+    if config.cuda_graph and not options.resolved_device().startswith("cuda"):
+        device = options.resolved_device()
+        raise HarnessError(f"CUDA graphs need a CUDA device, not {device}", field="cuda_graph", hint="set it false")
     loaded = load_model(options)
-    if config.cuda_graph and loaded.device.type != "cuda":
-        raise HarnessError(f"CUDA graphs need a CUDA device, not {loaded.device}", field="cuda_graph")
     base = loaded.model
     _keep_one_nf4_kernel_path(base)
     if config.gradient_checkpointing and not config.compile:

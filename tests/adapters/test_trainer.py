@@ -158,3 +158,11 @@ def test_bad_config_names_file_line_and_field(tmp_path: Path) -> None:
     path.write_text("lora_rank: 8\n")
     with pytest.raises(HarnessError, match="lora_rank"):
         load_train_config(path, {})
+
+
+def test_cuda_graphs_without_a_gpu_name_the_field() -> None:
+    from adapters.trainer import build_model
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="field 'cuda_graph': CUDA graphs need a CUDA device, not cpu"):
+        build_model(TrainConfig(device="cpu", cuda_graph=True))
