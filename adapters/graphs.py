@@ -27,15 +27,17 @@ MicroStep = Callable[[Batch, int], torch.Tensor]
 WARMUP_RUNS = 2  # compiles the layers and lets the allocator settle before the capture
 
 
+def _forward_backward(model: Any, batch: Batch, n_supervised: int | torch.Tensor, **loss_options: Any) -> torch.Tensor:
+    """Forward and backward of one device batch, the loss scaled by the step's supervised tokens; its summed NLL,
+    detached."""
+    nll = supervised_nll(model, batch, **loss_options)
+    (nll / n_supervised).backward()
+    return nll.detach()
+
+
 def eager_micro_step(model: Any) -> MicroStep:
     """Forward and backward of one micro-batch (on any device); returns its summed NLL, detached, on the device."""
-
-    def run(batch: Batch, n_supervised: int) -> torch.Tensor:
-        nll = supervised_nll(model, batch.to(model.device))
-        (nll / n_supervised).backward()
-        return nll.detach()
-
-    return run
+    return lambda batch, n_supervised: _forward_backward(model, batch.to(model.device), n_supervised)
 
 
 @dataclass
@@ -61,7 +63,7 @@ class GraphedMicroStep:
         if key not in self.captured:
             self.captured[key] = self._capture(batch, packed)
         captured = self.captured[key]
-        for static, given in zip(_tensors(captured.inputs), _tensors(batch), strict=True):
+        for static, given in zip(captured.inputs.tensors(), batch.tensors(), strict=True):
             static.copy_(given.pin_memory(), non_blocking=True)
         captured.n_supervised.fill_(n_supervised)
         captured.graph.replay()
@@ -76,9 +78,7 @@ class GraphedMicroStep:
         saved = [p.grad.clone() for p in self.trainable]
 
         def forward_backward() -> torch.Tensor:
-            nll = supervised_nll(self.model, inputs, packed=packed, static=True)
-            (nll / n_supervised).backward()
-            return nll.detach()
+            return _forward_backward(self.model, inputs, n_supervised, packed=packed, static=True)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -93,10 +93,6 @@ class GraphedMicroStep:
             parameter.grad.copy_(grad)
         torch.cuda.empty_cache()  # what the warm-up's stream cached, now that the graph has its own pool
         return _Captured(graph, inputs, n_supervised, nll)
-
-
-def _tensors(batch: Batch) -> tuple[torch.Tensor, ...]:
-    return batch.input_ids, batch.labels, batch.position_ids, batch.segment_ids
 
 
 def micro_step(model: Any, cuda_graph: bool) -> MicroStep:

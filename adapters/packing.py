@@ -31,8 +31,11 @@ class Batch:
         """Whether some row holds more than one example (padding is segment 0, only at a row's end)."""
         return bool((self.segment_ids > 1).any())
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.input_ids, self.labels, self.position_ids, self.segment_ids
+
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.labels, self.position_ids, self.segment_ids)))
+        return Batch(*(t.to(device) for t in self.tensors()))
 
 
 def pack(examples: Sequence[TokenizedExample], max_seq_len: int) -> list[list[int]]:

@@ -56,8 +56,8 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     options = ModelOptions(
         name=config.model, quant=config.quant, dtype=config.dtype, device=config.device, attention=config.attention
     )
-    if config.cuda_graph and not options.resolved_device().startswith("cuda"):
-        device = options.resolved_device()
+    device = options.resolved_device()
+    if config.cuda_graph and not device.startswith("cuda"):
         raise HarnessError(f"CUDA graphs need a CUDA device, not {device}", field="cuda_graph", hint="set it false")
     loaded = load_model(options)
     base = loaded.model
