@@ -35,8 +35,9 @@ def supervised_nll(model: Any, batch: Batch, packed: bool | None = None, static:
         if packed or static:
             # Static: the masks are ours, since transformers builds different ones while a CUDA graph is being
             # captured (it cannot read tensors then), which would make the compiled layers recompile mid-capture.
-            sdpa = not packed and model.config._attn_implementation == "sdpa"
-            masks = attention_masks(model.config, batch.segment_ids, dtype, sdpa)
+            implementation = model.config._attn_implementation
+            sdpa = not packed and implementation == "sdpa"
+            masks = attention_masks(model.config, batch.segment_ids, dtype, sdpa, implementation == "flex_attention")
         hidden = decoder(
             input_ids=batch.input_ids, attention_mask=masks, position_ids=batch.position_ids, use_cache=False
         )[0]

@@ -89,20 +89,38 @@ def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype, window: int
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def attention_masks(config: Any, segment_ids: torch.Tensor, dtype: torch.dtype, sdpa_causal: bool = False) -> Any:
+def flex_block_mask(segment_ids: torch.Tensor, window: int | None = None) -> Any:
+    """block_causal_mask as flex attention's BlockMask: its kernels skip the key blocks that no query of a query
+    block may see (above the diagonal, outside the window, other examples) instead of adding -inf to them."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def allowed(row: Any, head: Any, query: Any, key: Any) -> Any:
+        visible = (key <= query) & (segment_ids[row, query] == segment_ids[row, key])
+        return visible & (query - key < window) if window is not None else visible
+
+    rows, length = segment_ids.shape
+    return create_block_mask(allowed, rows, None, length, length, device=segment_ids.device)
+
+
+def attention_masks(
+    config: Any, segment_ids: torch.Tensor, dtype: torch.dtype, sdpa_causal: bool = False, flex: bool = False
+) -> Any:
     """The mask argument for the decoder: one 4D mask, or a mapping per layer type (sliding windows).
 
     `sdpa_causal` (rows of one example each, sdpa attention): in the mapping, a layer type whose mask would be
-    plain causal gets None, which sdpa runs as `is_causal` (its flash kernels) without a mask tensor."""
+    plain causal gets None, which sdpa runs as `is_causal` (its flash kernels) without a mask tensor. `flex`
+    (flex attention): BlockMasks instead of mask tensors."""
     layer_types = getattr(config, "layer_types", None)
-    if not layer_types:
-        return block_causal_mask(segment_ids, dtype)
     window = getattr(config, "sliding_window", None)
 
-    def mask(kind: str) -> torch.Tensor | None:
+    def mask(kind: str) -> Any:
         kind_window = window if kind == "sliding_attention" and window is not None else None
+        if flex:
+            return flex_block_mask(segment_ids, kind_window)
         if sdpa_causal and (kind_window is None or kind_window >= segment_ids.shape[1]):
             return None
         return block_causal_mask(segment_ids, dtype, kind_window)
 
+    if not layer_types:
+        return flex_block_mask(segment_ids) if flex else block_causal_mask(segment_ids, dtype)
     return {kind: mask(kind) for kind in set(layer_types)}

@@ -69,19 +69,42 @@ def synchronize(device: torch.device) -> None:
 
 
 @contextmanager
-def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
-    """Yields a dict that holds `peak_gib` once the block ends: allocator peak on a GPU, max RSS growth on a CPU."""
-    result: dict[str, float] = {}
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        yield result
-        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        return
-    import resource
+def peak_memory(device: torch.device, history: Path | None = None) -> Iterator[dict[str, float]]:
+    """Yields a dict that holds `peak_gib` once the block ends: allocator peak on a GPU, max RSS growth on a CPU.
 
-    yield result
-    result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # whole process, KiB -> GiB
+    A reset of the peak inside the block (by code under measurement) is counted in `peak_resets` and the peak
+    before it kept: the figure is the block's peak either way. `history` (GPU): where to write a report of what
+    was allocated at the peak (bench/memory_peak.py)."""
+    result: dict[str, float] = {}
+    if device.type != "cuda":
+        import resource
+
+        yield result
+        result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # whole process, KiB -> GiB
+        return
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    if history is not None:
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    peaks: list[int] = []
+    reset = torch.cuda.memory.reset_peak_memory_stats
+
+    def keeping_the_peak(*args: Any, **kwargs: Any) -> None:
+        peaks.append(torch.cuda.max_memory_allocated(device))
+        reset(*args, **kwargs)
+
+    torch.cuda.reset_peak_memory_stats = torch.cuda.memory.reset_peak_memory_stats = keeping_the_peak
+    try:
+        yield result
+    finally:
+        torch.cuda.reset_peak_memory_stats = torch.cuda.memory.reset_peak_memory_stats = reset
+    result["peak_gib"] = max([*peaks, torch.cuda.max_memory_allocated(device)]) / 2**30
+    result["peak_resets"] = len(peaks)
+    if history is not None:
+        from memory_peak import report
+
+        history.write_text(report(torch.cuda.memory._snapshot()))
+        torch.cuda.memory._record_memory_history(enabled=None)
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:

@@ -13,6 +13,8 @@ to the last step. Contenders:
   ...-graph           any of ours with `cuda_graph: true` (each micro-batch's forward and backward one CUDA graph)
   ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (harness.headloss.LOGIT_CHUNK_BYTES)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
+`--memory-report ours-...` records the allocator's history and writes what is allocated at the peak
+(bench/memory_peak.py).
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         attention=args.attention,
     )
     device = torch.device(args.device)
-    with peak_memory(device) as memory:
+    history = None
+    if contender in args.memory_report.split(","):
+        history = (args.out.parent if args.out else Path(".")) / f"memory-train-{args.model}-{contender}.txt"
+    with peak_memory(device, history) as memory:
         model, _ = build_model(config)
         model.train()  # as the trainer does: dropout off here (0.0), gradient checkpointing only in train mode
         optimizer, scheduler = make_optimizer(model, config, 1000)
@@ -84,6 +89,8 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         step()
         first_step_s = time.perf_counter() - started  # includes compilation for the compiled contenders
         seconds = timed(step, device, args.steps, warmup=args.warmup)
+    if history is not None:
+        print(f"--- allocated at the peak: {contender} ---\n{history.read_text()}", flush=True)
     if contender in args.profile.split(","):
         profile_table(step, device, args.out, f"train-{args.model}-{contender}")
     grad_norm = records[-1]["grad_norm"]
@@ -176,6 +183,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--contenders", default="ours,trl")
     parser.add_argument("--profile", default="", help="comma list of our contenders to torch-profile")
+    parser.add_argument("--memory-report", default="", help="our contenders to report peak memory of")
     parser.add_argument("--out", type=Path, default=None, help="append JSON rows here")
     parser.add_argument("--checkpoint", type=Path, default=None, help=argparse.SUPPRESS)  # set for child runs
     args = parser.parse_args()

@@ -21,7 +21,7 @@ from adapters.trainer import make_optimizer, train_step
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def tiny_lora_model() -> torch.nn.Module:
+def tiny_lora_model(attention: str = "sdpa") -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
@@ -30,7 +30,7 @@ def tiny_lora_model() -> torch.nn.Module:
         num_key_value_heads=1, head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
     )  # fmt: skip
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to("cuda", torch.bfloat16)
+    base = AutoModelForCausalLM.from_config(config, attn_implementation=attention).to("cuda", torch.bfloat16)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
     return get_peft_model(base, lora)
 
@@ -40,7 +40,8 @@ def example(length: int, prompt: int, seed: int) -> TokenizedExample:
     return TokenizedExample(ids, [IGNORE_INDEX] * prompt + ids[prompt:], seed)
 
 
-def test_graphed_steps_equal_eager_steps() -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "flex_attention"])
+def test_graphed_steps_equal_eager_steps(attention: str) -> None:
     # Steps of two micro-batches: padded single examples, then packed rows; then a packed step with a short
     # micro-batch (padded to the fixed shape with empty rows); the shapes repeat, so graphs are replayed.
     singles = [[example(20, 5, 0)], [example(33, 7, 1)]]
@@ -48,7 +49,7 @@ def test_graphed_steps_equal_eager_steps() -> None:
     steps = [[singles, packed], [packed[:1], singles], [singles, packed]]
     config = TrainConfig(model="tiny", batch_size=2, max_seq_len=40, learning_rate=1e-2, warmup_steps=0)
     results = {}
-    eager_model = tiny_lora_model()
+    eager_model = tiny_lora_model(attention)
     for graphed, model in ((False, eager_model), (True, copy.deepcopy(eager_model))):
         optimizer, scheduler = make_optimizer(model, config, len(steps))
         forward_backward = micro_step(model, cuda_graph=graphed)

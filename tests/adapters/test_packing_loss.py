@@ -151,3 +151,32 @@ def test_fused_head_gradients_match_full_logits_autograd(tokenized: list[Tokeniz
         assert to_autograd < 2e-5, f"{name}: {to_autograd:.2e} from autograd's gradient"  # measured: at most 8.5e-6
         relative = float((grad - hf[name]).norm() / hf[name].norm())
         assert relative < 1e-4, f"{name}: {relative:.2e} from HF's gradient"  # measured: at most 4.3e-5
+
+
+def test_flex_block_masks_give_the_dense_masks_losses() -> None:
+    """Flex attention's BlockMasks (what a CUDA-graphed step on flex attention gets) against the 4D mask tensors,
+    on a packed, padded static batch. A tiny random Gemma 3 stands in for the embedded one: its sliding window (16)
+    is shorter than the rows, which the embedded model's (512) is not, and what is under test is which keys each
+    query sees, not the weights."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+    def example(length: int, seed: int) -> TokenizedExample:
+        ids = torch.randint(1, 512, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+        return TokenizedExample(ids, [IGNORE_INDEX] * 3 + ids[3:], seed)
+
+    batch = collate([[example(12, 0), example(21, 1)], [example(35, 2)]], pad_id=0, shape=(2, 40))
+    with torch.no_grad():
+        dense = float(supervised_nll(model, batch, static=True))
+        model.config._attn_implementation = "flex_attention"
+        flex = float(supervised_nll(model, batch, static=True))
+        unmasked_window = dataclasses.replace(batch, segment_ids=torch.ones_like(batch.segment_ids))
+        leaky = float(supervised_nll(model, unmasked_window, static=True))  # the examples see each other
+    assert flex == pytest.approx(dense, rel=1e-5)
+    assert leaky != pytest.approx(dense, rel=1e-5)
