@@ -9,6 +9,7 @@ by where they were allocated (the innermost frame outside torch, and the innermo
 
 from __future__ import annotations
 
+import linecache
 import pickle
 import sys
 from collections import defaultdict
@@ -25,11 +26,14 @@ def _where(frames: list[dict[str, Any]]) -> str:
 
     outside = [f for f in frames if "/torch/" not in f["filename"] and not f["filename"].startswith("<")]
     ours = [f for f in frames if any(part in f["filename"] for part in PROJECT)]
-    compiled = any("torchinductor" in f["filename"] for f in frames)
+    compiled = [f for f in frames if "torchinductor" in f["filename"]]
     labels = [short(outside[0]) if outside else "(torch)"]
     if ours and (not outside or ours[0] is not outside[0]):
         labels.append(short(ours[0]))
-    return ("[compiled] " if compiled else "") + " <- ".join(labels)
+    if compiled:  # the generated code's line (its buffer's shape), readable while the compile cache exists
+        source = linecache.getline(compiled[0]["filename"], compiled[0]["line"]).strip()
+        labels.insert(0, f"[compiled: {source[:90]}]")
+    return " <- ".join(labels)
 
 
 def report(snapshot: dict[str, Any], top: int = 25) -> str:

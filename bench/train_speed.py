@@ -4,14 +4,16 @@ in one run, each contender in its own process (random-init models from real conf
     python bench/train_speed.py --model gemma-3-270m --quant nf4 --contenders ours,ours-compile,trl
     python bench/train_speed.py --device cpu --seq 128 --batch 4 --steps 3 --contenders ours,trl   # 2-core CPU
 
-Equal config: `--seq` tokens per sequence, `--batch` sequences per optimizer step (one micro-batch), LoRA r16 /
-alpha 32 / no dropout on all linear layers, NF4 double-quant base, bf16 compute on a GPU (fp32 on a CPU), every
-position supervised. Tokens/s is the median step after warm-up; memory is the allocator's peak from model load
-to the last step. Contenders:
+Equal config: `--seq` tokens per sequence, `--batch` sequences per optimizer step (one micro-batch unless
+-accumN), LoRA r16 / alpha 32 / no dropout on all linear layers, NF4 double-quant base, bf16 compute on a GPU (fp32
+on a CPU), every position supervised. Tokens/s is the median step after warm-up; memory is the allocator's peak
+from model load to the last step. Contenders:
   ours                our train_step (no gradient checkpointing)     ours-ckpt     ... with gradient checkpointing
   ours-compile        ... decoder layers under torch.compile          ours-compile-ckpt  both (activation budget)
   ...-graph           any of ours with `cuda_graph: true` (each micro-batch's forward and backward one CUDA graph)
   ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (harness.headloss.LOGIT_CHUNK_BYTES)
+  ...-lseN            ... the head's log-sum-exp in N slices of the vocabulary (harness.headloss.LSE_SLICES)
+  ...-accumN          ... the step's sequences in N micro-batches (gradient accumulation; the same step)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 `--memory-report ours-...` records the allocator's history and writes what is allocated at the peak
 (bench/memory_peak.py).
@@ -52,9 +54,14 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     from adapters.trainer import build_model, make_optimizer, train_step
     from harness import headloss
 
-    chunk_mib = re.search(r"chunk(\d+)", contender)
-    if chunk_mib:
-        headloss.LOGIT_CHUNK_BYTES = int(chunk_mib.group(1)) * 2**20
+    def option(name: str, default: int) -> int:  # `-nameN` in the contender's name
+        found = re.search(rf"-{name}(\d+)", contender)
+        return int(found.group(1)) if found else default
+
+    headloss.LOGIT_CHUNK_BYTES = option("chunk", headloss.LOGIT_CHUNK_BYTES // 2**20) * 2**20
+    headloss.LSE_SLICES = option("lse", headloss.LSE_SLICES)
+    accumulation = option("accum", 1)
+    assert args.batch % accumulation == 0, f"{args.batch} sequences do not split into {accumulation} micro-batches"
     config = TrainConfig(
         model=str(checkpoint),
         quant=args.quant,
@@ -63,7 +70,8 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         lora_alpha=LORA["alpha"],
         lora_dropout=0.0,
         max_seq_len=args.seq,
-        batch_size=args.batch,
+        batch_size=args.batch // accumulation,
+        grad_accum=accumulation,
         gradient_checkpointing="ckpt" in contender,
         compile="compile" in contender,
         cuda_graph="graph" in contender,
@@ -78,12 +86,15 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         model.train()  # as the trainer does: dropout off here (0.0), gradient checkpointing only in train mode
         optimizer, scheduler = make_optimizer(model, config, 1000)
         forward_backward = micro_step(model, config.cuda_graph)
-        rows = random_ids(args.batch, args.seq).tolist()
-        batch = collate([[TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in rows], pad_id=0)
+        rows = [
+            [TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in random_ids(args.batch, args.seq).tolist()
+        ]
+        size = config.batch_size
+        batches = [collate(rows[start : start + size], pad_id=0) for start in range(0, args.batch, size)]
         records: list[dict[str, Any]] = []
 
         def step() -> None:
-            records.append(train_step(model, optimizer, scheduler, [batch], config, forward_backward))
+            records.append(train_step(model, optimizer, scheduler, batches, config, forward_backward))
 
         started = time.perf_counter()
         step()

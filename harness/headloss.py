@@ -45,27 +45,31 @@ def _logsumexp(capped: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.logsumexp(capped.view(rows, LSE_SLICES, -1), dim=-1), dim=-1)
 
 
-def _row_nll(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    """Per-row NLL (fp32) of `targets` under one chunk of raw logits, Gemma 2's soft-cap applied."""
-    capped = _capped(logits, softcap)
-    return _logsumexp(capped) - capped.gather(1, targets[:, None])[:, 0]
-
-
-def _row_nll_and_dlogits(
-    logits: torch.Tensor, targets: torch.Tensor, softcap: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row NLL and its gradient with respect to the raw logits (softmax - one-hot, through the soft-cap).
-    Row weights stay outside: multiplied in here, the compiled version fused into one slower kernel."""
+def _nll_and_lse(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, ...]:
+    """Per-row NLL (fp32) of `targets` under one chunk of raw logits, Gemma 2's soft-cap applied, and the rows'
+    log-sum-exp."""
     capped = _capped(logits, softcap)
     lse = _logsumexp(capped)
-    nll = lse - capped.gather(1, targets[:, None])[:, 0]
-    # softmax - one-hot, written as a comparison rather than a scatter so that a compiled version stays one
-    # pointwise kernel that writes bf16 (a scatter would split it and write fp32 first).
+    return lse - capped.gather(1, targets[:, None])[:, 0], lse
+
+
+def _row_nll(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return _nll_and_lse(logits, targets, softcap)[0]
+
+
+def _dlogits(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """The per-row NLL's gradient with respect to the raw logits (softmax - one-hot, through the soft-cap), in
+    the logits' dtype. Compiled apart from _nll_and_lse: compiled together, the second stage of the log-sum-exp
+    was fused into this pointwise kernel and recomputed for every logit, which made it compute-bound (3x the
+    time of reading the logits and writing the gradient)."""
+    capped = _capped(logits, softcap)
+    # A comparison rather than a scatter, so that a compiled version stays one pointwise kernel that writes bf16
+    # (a scatter would split it and write fp32 first).
     vocab = torch.arange(capped.shape[1], device=capped.device)
     dlogits = torch.exp(capped - lse[:, None]) - (vocab[None, :] == targets[:, None]).to(capped.dtype)
     if softcap:
         dlogits = dlogits * (1 - (capped / softcap) ** 2)  # d tanh(x / c) * c / dx
-    return nll, dlogits.to(logits.dtype)
+    return dlogits.to(logits.dtype)
 
 
 @functools.cache
@@ -157,15 +161,16 @@ class _FusedHeadNLL(torch.autograd.Function):
         row_weights: torch.Tensor,
     ) -> torch.Tensor:
         rows = chunk_rows(weight.shape[0])
-        nll_and_dlogits = _kernel(_row_nll_and_dlogits, hidden)
+        nll_and_lse, dlogits_of = _kernel(_nll_and_lse, hidden), _kernel(_dlogits, hidden)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], rows):
             window = slice(start, start + rows)
             chunk = hidden[window]
-            nll, dlogits = nll_and_dlogits(chunk @ weight.T, targets[window], softcap)
+            logits = chunk @ weight.T
+            nll, lse = nll_and_lse(logits, targets[window], softcap)
             total += (nll * row_weights[window]).sum()
-            torch.matmul(dlogits, weight, out=grad_hidden[window])
+            torch.matmul(dlogits_of(logits, lse, targets[window], softcap), weight, out=grad_hidden[window])
         ctx.save_for_backward(grad_hidden, row_weights)
         return total
 
