@@ -205,6 +205,8 @@ def main() -> None:
         except Exception as error:  # reported as a row: one failing contender must not hide the others
             result = {"error": repr(error)[:500]}
         shape = {"model": args.model, "quant": args.quant, "seq": args.seq, "batch": args.batch}
+        if contender != "trl":
+            shape["attention"] = args.attention
         emit({"what": "train", "contender": contender, **shape, **result}, args.out)
         return
     emit(environment(), args.out)
