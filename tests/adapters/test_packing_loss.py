@@ -176,7 +176,10 @@ def test_flex_block_masks_give_the_dense_masks_losses() -> None:
         dense = float(supervised_nll(model, batch, static=True))
         model.config._attn_implementation = "flex_attention"
         flex = float(supervised_nll(model, batch, static=True))
-        unmasked_window = dataclasses.replace(batch, segment_ids=torch.ones_like(batch.segment_ids))
-        leaky = float(supervised_nll(model, unmasked_window, static=True))  # the examples see each other
+        one_segment = dataclasses.replace(batch, segment_ids=torch.ones_like(batch.segment_ids))
+        leaky = float(supervised_nll(model, one_segment, static=True))  # the examples see each other
+        model.config.sliding_window = 64
+        windowless = float(supervised_nll(model, batch, static=True))  # the 35-token row sees past 16 tokens
     assert flex == pytest.approx(dense, rel=1e-5)
-    assert leaky != pytest.approx(dense, rel=1e-5)
+    assert leaky != pytest.approx(dense, rel=1e-5)  # both changes matter: the comparison above can fail
+    assert windowless != pytest.approx(dense, rel=1e-5)
