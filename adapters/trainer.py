@@ -7,6 +7,7 @@ normalised by the step's supervised-token count across gradient accumulation -> 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -74,6 +75,8 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, lora)
+    if config.mlp_chunks > 1:
+        chunk_mlps(model, config.mlp_chunks)
     if config.compile:
         if config.gradient_checkpointing:
             # Compiled, checkpointing is the partitioner's job: keep each layer's input, recompute the rest inside
@@ -89,6 +92,21 @@ def compile_layers(model: Any) -> None:
     decoder, _, _ = output_head(model)
     for layer in decoder.get_submodule("layers").children():
         layer.compile()
+
+
+def chunk_mlps(model: Any, pieces: int) -> None:
+    """Each decoder layer's MLP runs on `pieces` slices of its rows, one after the other. The MLP's intermediate
+    activations ([tokens x intermediate size], several of them: the projections, their product, the gradients)
+    are the largest working set of a checkpointed layer's backward; sliced, only one slice's exist at a time.
+    The forward is patched on the instance so that parameter names (and saved adapters) stay the same."""
+    decoder, _, _ = output_head(model)
+    for layer in decoder.get_submodule("layers").children():
+        mlp = layer.get_submodule("mlp")
+        mlp.forward = functools.partial(_sliced, mlp.forward, pieces)
+
+
+def _sliced(forward: Any, pieces: int, hidden: torch.Tensor) -> torch.Tensor:
+    return torch.cat([forward(piece) for piece in hidden.chunk(pieces, dim=0)], dim=0)
 
 
 def _keep_one_nf4_kernel_path(model: Any) -> None:
