@@ -98,15 +98,22 @@ def chunk_mlps(model: Any, pieces: int) -> None:
     """Each decoder layer's MLP runs on `pieces` slices of its rows, one after the other. The MLP's intermediate
     activations ([tokens x intermediate size], several of them: the projections, their product, the gradients)
     are the largest working set of a checkpointed layer's backward; sliced, only one slice's exist at a time.
-    The forward is patched on the instance so that parameter names (and saved adapters) stay the same."""
+    The MLPs change class rather than module (parameter names, and saved adapters, stay the same), and all to one
+    class, so that the compiled layers share one graph."""
     decoder, _, _ = output_head(model)
     for layer in decoder.get_submodule("layers").children():
-        mlp = layer.get_submodule("mlp")
-        mlp.forward = functools.partial(_sliced, mlp.forward, pieces)
+        mlp: Any = layer.get_submodule("mlp")
+        mlp.__class__ = _sliced(type(mlp))
+        mlp.row_slices = pieces
 
 
-def _sliced(forward: Any, pieces: int, hidden: torch.Tensor) -> torch.Tensor:
-    return torch.cat([forward(piece) for piece in hidden.chunk(pieces, dim=0)], dim=0)
+@functools.cache
+def _sliced(mlp_class: Any) -> Any:
+    def forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:
+        pieces = hidden.chunk(self.row_slices, dim=0)
+        return torch.cat([mlp_class.forward(self, piece) for piece in pieces], dim=0)
+
+    return type(f"Sliced{mlp_class.__name__}", (mlp_class,), {"forward": forward})
 
 
 def _keep_one_nf4_kernel_path(model: Any) -> None:
