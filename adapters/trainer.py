@@ -103,7 +103,7 @@ def chunk_mlps(model: Any, pieces: int) -> None:
     decoder, _, _ = output_head(model)
     for layer in decoder.get_submodule("layers").children():
         mlp: Any = layer.get_submodule("mlp")
-        mlp.__class__ = _sliced(type(mlp))
+        mlp.__class__ = _sliced(mlp.__class__)
         mlp.row_slices = pieces
 
 
