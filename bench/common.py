@@ -72,8 +72,8 @@ def synchronize(device: torch.device) -> None:
 def peak_memory(device: torch.device, history: Path | None = None) -> Iterator[dict[str, float]]:
     """Yields a dict that holds `peak_gib` once the block ends: allocator peak on a GPU, max RSS growth on a CPU.
 
-    A reset of the peak inside the block (by code under measurement) is counted in `peak_resets` and the peak
-    before it kept: the figure is the block's peak either way. `history` (GPU): where to write a report of what
+    A reset of the peak inside the block by code under measurement (through torch.cuda's
+    reset_peak_memory_stats, looked up when called) is counted in `peak_resets` and the peak before it kept. `history` (GPU): where to write a report of what
     was allocated at the peak (bench/memory_peak.py)."""
     result: dict[str, float] = {}
     if device.type != "cuda":
