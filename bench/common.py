@@ -73,8 +73,8 @@ def peak_memory(device: torch.device, history: Path | None = None) -> Iterator[d
     """Yields a dict that holds `peak_gib` once the block ends: allocator peak on a GPU, max RSS growth on a CPU.
 
     A reset of the peak inside the block by code under measurement (through torch.cuda's
-    reset_peak_memory_stats, looked up when called) is counted in `peak_resets` and the peak before it kept. `history` (GPU): where to write a report of what
-    was allocated at the peak (bench/memory_peak.py)."""
+    reset_peak_memory_stats, looked up when called) is counted in `peak_resets` and the peak before it kept.
+    `history` (GPU): where to write a report of what was allocated at the peak (bench/memory_peak.py)."""
     result: dict[str, float] = {}
     if device.type != "cuda":
         import resource
