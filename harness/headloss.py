@@ -129,24 +129,33 @@ def summed_nll(
 
     A frozen linear head takes the fused path; a trainable or non-linear head (a LoRA-wrapped or quantized one)
     falls back to checkpointed chunks, whose logits are recomputed in the backward pass."""
-    if weights is None:
-        weights = torch.ones(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     if not torch.is_grad_enabled() or not hidden.requires_grad:
-        return (token_nll(hidden, targets, head, softcap) * weights).sum()
+        return _weighted_sum(token_nll(hidden, targets, head, softcap), weights)
     if _plain_linear(head) and not head.weight.requires_grad:
         return _FusedHeadNLL.apply(hidden, head.weight, targets, softcap, weights)
     rows = chunk_rows(_vocab_size(head))
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], rows):
-        chunk = (head, hidden[start : start + rows], targets[start : start + rows], softcap)
-        total = total + checkpoint(_head_chunk_nll, *chunk, weights[start : start + rows], use_reentrant=False)
+        window = slice(start, start + rows)
+        chunk = (head, hidden[window], targets[window], softcap, weights, window)
+        total = total + checkpoint(_head_chunk_nll, *chunk, use_reentrant=False)
     return total
 
 
+def _weighted_sum(nll: torch.Tensor, weights: torch.Tensor | None, window: slice = slice(None)) -> torch.Tensor:
+    """The rows' NLL summed, each row times its weight in `weights[window]` where weights are given."""
+    return nll.sum() if weights is None else (nll * weights[window]).sum()
+
+
 def _head_chunk_nll(
-    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None, weights: torch.Tensor
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    softcap: float | None,
+    weights: torch.Tensor | None,
+    window: slice,
 ) -> torch.Tensor:
-    return (_row_nll(head(hidden), targets, softcap) * weights).sum()
+    return _weighted_sum(_row_nll(head(hidden), targets, softcap), weights, window)
 
 
 def _plain_linear(head: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
@@ -169,7 +178,7 @@ class _FusedHeadNLL(torch.autograd.Function):
         weight: torch.Tensor,
         targets: torch.Tensor,
         softcap: float | None,
-        row_weights: torch.Tensor,
+        row_weights: torch.Tensor | None,
     ) -> torch.Tensor:
         rows = chunk_rows(weight.shape[0])
         nll_and_lse, dlogits_of = _kernel(_nll_and_lse, hidden), _kernel(_dlogits, hidden)
@@ -180,7 +189,7 @@ class _FusedHeadNLL(torch.autograd.Function):
             chunk = hidden[window]
             logits = chunk @ weight.T
             nll, lse = nll_and_lse(logits, targets[window], softcap)
-            total += (nll * row_weights[window]).sum()
+            total += _weighted_sum(nll, row_weights, window)
             torch.matmul(dlogits_of(logits, lse, targets[window], softcap), weight, out=grad_hidden[window])
         ctx.save_for_backward(grad_hidden, row_weights)
         return total
@@ -188,5 +197,6 @@ class _FusedHeadNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[Any, ...]:
         grad_hidden, row_weights = ctx.saved_tensors
-        scale = row_weights[:, None] * grad_total  # the rows' weights, applied here rather than per chunk
+        # The rows' weights, applied here rather than per chunk.
+        scale = grad_total if row_weights is None else row_weights[:, None] * grad_total
         return (grad_hidden.float() * scale).to(grad_hidden.dtype), None, None, None, None
