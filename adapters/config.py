@@ -43,6 +43,9 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(1, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
+    mlp_chunks: int = Field(
+        1, gt=0, description="run each MLP on this many slices of the micro-batch's rows (less memory in backward)"
+    )
     compile: bool = Field(False, description="torch.compile each decoder layer (GPU: fewer, fused kernels)")
     cuda_graph: bool = Field(
         False, description="replay each micro-batch's forward and backward as one CUDA graph (GPU; fixed shapes)"

@@ -7,6 +7,7 @@ normalised by the step's supervised-token count across gradient accumulation -> 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -74,6 +75,8 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, lora)
+    if config.mlp_chunks > 1:
+        chunk_mlps(model, config.mlp_chunks)
     if config.compile:
         if config.gradient_checkpointing:
             # Compiled, checkpointing is the partitioner's job: keep each layer's input, recompute the rest inside
@@ -89,6 +92,28 @@ def compile_layers(model: Any) -> None:
     decoder, _, _ = output_head(model)
     for layer in decoder.get_submodule("layers").children():
         layer.compile()
+
+
+def chunk_mlps(model: Any, pieces: int) -> None:
+    """Each decoder layer's MLP runs on `pieces` slices of its rows, one after the other. The MLP's intermediate
+    activations ([tokens x intermediate size], several of them: the projections, their product, the gradients)
+    are the largest working set of a checkpointed layer's backward; sliced, only one slice's exist at a time.
+    The MLPs change class rather than module (parameter names, and saved adapters, stay the same), and all to one
+    class, so that the compiled layers share one graph."""
+    decoder, _, _ = output_head(model)
+    for layer in decoder.get_submodule("layers").children():
+        mlp: Any = layer.get_submodule("mlp")
+        mlp.__class__ = _sliced(mlp.__class__)
+        mlp.row_slices = pieces
+
+
+@functools.cache
+def _sliced(mlp_class: Any) -> Any:
+    def forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:
+        pieces = hidden.chunk(self.row_slices, dim=0)
+        return torch.cat([mlp_class.forward(self, piece) for piece in pieces], dim=0)
+
+    return type(f"Sliced{mlp_class.__name__}", (mlp_class,), {"forward": forward})
 
 
 def _keep_one_nf4_kernel_path(model: Any) -> None:

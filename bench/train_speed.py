@@ -14,6 +14,7 @@ from model load to the last step. Contenders:
   ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (harness.headloss.LOGIT_CHUNK_BYTES)
   ...-lseN            ... the head's log-sum-exp in N slices of the vocabulary (harness.headloss.LSE_SLICES)
   ...-accumN          ... the step's sequences in N micro-batches (gradient accumulation; the same step)
+  ...-mlpN            ... each MLP run on N slices of the micro-batch's rows (`mlp_chunks`)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 `--memory-report ours-...` records the allocator's history and writes what is allocated at the peak
 (bench/memory_peak.py).
@@ -73,6 +74,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         batch_size=args.batch // accumulation,
         grad_accum=accumulation,
         gradient_checkpointing="ckpt" in contender,
+        mlp_chunks=option("mlp", 1),
         compile="compile" in contender,
         cuda_graph="graph" in contender,
         attention=args.attention,

@@ -166,3 +166,35 @@ def test_cuda_graphs_without_a_gpu_name_the_field() -> None:
 
     with pytest.raises(HarnessError, match="field 'cuda_graph': CUDA graphs need a CUDA device, not cpu"):
         build_model(TrainConfig(device="cpu", cuda_graph=True))
+
+
+def test_sliced_mlps_give_the_same_loss_and_gradients() -> None:
+    """`mlp_chunks` changes the MLP's memory, not its result: the same NLL and LoRA gradients on the real model."""
+    from adapters.loss import supervised_nll
+    from adapters.packing import collate
+    from adapters.tokenize import IGNORE_INDEX, TokenizedExample
+    from adapters.trainer import build_model, chunk_mlps
+
+    model, _ = build_model(TrainConfig(device="cpu", lora_dropout=0.0))
+    model.train()
+    ids = torch.randint(10, 20_000, (3, 24), generator=torch.Generator().manual_seed(0)).tolist()
+    batch = collate([[TokenizedExample(row, [IGNORE_INDEX] * 4 + row[4:], 0)] for row in ids], pad_id=0)
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+    def loss_and_grads() -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        nll = supervised_nll(model, batch)
+        nll.backward()
+        return float(nll), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    whole, whole_grads = loss_and_grads()
+    chunk_mlps(model, 2)  # 3 rows: slices of 2 and 1
+    sliced, sliced_grads = loss_and_grads()
+    assert [name for name, parameter in model.named_parameters() if parameter.requires_grad] == names
+    assert sliced == pytest.approx(whole, rel=1e-6)
+    mlp_grads = 0
+    for name, a, b in zip(names, whole_grads, sliced_grads, strict=True):
+        relative = float((a - b).norm() / a.norm()) if a.norm() > 0 else float(b.norm())
+        assert relative < 1e-5, f"{name}: {relative:.2e}"  # the rows' sums are grouped differently
+        mlp_grads += ".mlp." in name and bool(a.abs().sum() > 0)
+    assert mlp_grads > 0
