@@ -103,24 +103,22 @@ def flex_block_mask(segment_ids: torch.Tensor, window: int | None = None) -> Any
 
 
 def attention_masks(
-    config: Any, segment_ids: torch.Tensor, dtype: torch.dtype, sdpa_causal: bool = False, flex: bool = False
+    config: Any, segment_ids: torch.Tensor, dtype: torch.dtype, causal_none: bool = False, flex: bool = False
 ) -> Any:
-    """The mask argument for the decoder: one 4D mask, or a mapping per layer type (sliding windows).
+    """The mask argument for the decoder: one mask, or a mapping per layer type (sliding windows).
 
-    `sdpa_causal` (rows of one example each, sdpa attention): in the mapping, a layer type whose mask would be
-    plain causal gets None, which sdpa runs as `is_causal` (its flash kernels) without a mask tensor. `flex`
-    (flex attention): BlockMasks instead of mask tensors."""
+    `causal_none` (rows of one example each, sdpa attention): a layer type whose mask would be plain causal gets
+    None, which sdpa runs as `is_causal` (cuDNN's causal kernels) without a mask tensor. `flex`: the other masks
+    as flex attention BlockMasks instead of 4D tensors (flex_attention, or harness.attention's sdpa_flex)."""
     layer_types = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
 
     def mask(kind: str) -> Any:
         kind_window = window if kind == "sliding_attention" and window is not None else None
-        if flex:
-            return flex_block_mask(segment_ids, kind_window)
-        if sdpa_causal and (kind_window is None or kind_window >= segment_ids.shape[1]):
+        if causal_none and (kind_window is None or kind_window >= segment_ids.shape[1]):
             return None
-        return block_causal_mask(segment_ids, dtype, kind_window)
+        return flex_block_mask(segment_ids, kind_window) if flex else block_causal_mask(segment_ids, dtype, kind_window)
 
     if not layer_types:
-        return flex_block_mask(segment_ids) if flex else block_causal_mask(segment_ids, dtype)
+        return mask("full_attention")
     return {kind: mask(kind) for kind in set(layer_types)}

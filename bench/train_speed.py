@@ -14,6 +14,7 @@ from model load to the last step. Contenders:
   ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (harness.headloss.LOGIT_CHUNK_BYTES)
   ...-lseN            ... the head's log-sum-exp in N slices of the vocabulary (harness.headloss.LSE_SLICES)
   ...-accumN          ... the step's sequences in N micro-batches (gradient accumulation; the same step)
+  ...-sdpa, -eager, -flex   ... with that attention instead of `--attention`
   ...-mlpN            ... each MLP run on N slices of the micro-batch's rows (`mlp_chunks`)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 `--memory-report ours-...` records the allocator's history and writes what is allocated at the peak
@@ -45,6 +46,12 @@ from common import (
 )
 
 LORA = {"r": 16, "alpha": 32}
+ATTENTION_SUFFIXES = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention"}
+
+
+def attention_of(contender: str, args: argparse.Namespace) -> str:
+    suffixes = re.findall(r"-([a-z]+)", contender)
+    return next((ATTENTION_SUFFIXES[s] for s in suffixes if s in ATTENTION_SUFFIXES), args.attention)
 
 
 def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str, Any]:
@@ -77,7 +84,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         mlp_chunks=option("mlp", 1),
         compile="compile" in contender,
         cuda_graph="graph" in contender,
-        attention=args.attention,
+        attention=attention_of(contender, args),
     )
     device = torch.device(args.device)
     history = None
@@ -114,6 +121,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         "first_step_s": first_step_s,
         "grad_norm": grad_norm,
         "losses": [round(r["loss"], 5) for r in records],
+        "implementation": model.config._attn_implementation,  # `--attention auto` resolved (adapters.trainer)
         **memory,
     }
 
@@ -208,7 +216,7 @@ def main() -> None:
             result = {"error": repr(error)[:500]}
         shape = {"model": args.model, "quant": args.quant, "seq": args.seq, "batch": args.batch}
         if contender != "trl":
-            shape["attention"] = args.attention
+            shape["attention"] = attention_of(contender, args)
         emit({"what": "train", "contender": contender, **shape, **result}, args.out)
         return
     emit(environment(), args.out)
