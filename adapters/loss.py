@@ -12,7 +12,7 @@ import torch
 
 from adapters.packing import Batch, attention_masks
 from adapters.tokenize import IGNORE_INDEX
-from harness.attention import SDPA_FLEX, flex_kernel_options
+from harness.attention import flex_kernel_options
 from harness.compute import output_head
 from harness.headloss import summed_nll
 
@@ -33,13 +33,12 @@ def supervised_nll(model: Any, batch: Batch, packed: bool | None = None, static:
     with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not static):
         decoder, head, softcap = output_head(model)
         implementation = model.config._attn_implementation
-        flex = implementation in ("flex_attention", SDPA_FLEX)
+        flex = implementation == "flex_attention"
         masks = None  # one example per row: transformers' causal masks and fast paths
-        if packed or static or implementation == SDPA_FLEX:
+        if packed or static:
             # Static: the masks are ours, since transformers builds different ones while a CUDA graph is being
             # captured (it cannot read tensors then), which would make the compiled layers recompile mid-capture.
-            # sdpa_flex: transformers would build sdpa's masks; its flex layers need ours.
-            causal_none = not packed and implementation in ("sdpa", SDPA_FLEX)
+            causal_none = not packed and implementation == "sdpa"
             masks = attention_masks(model.config, batch.segment_ids, dtype, causal_none, flex)
         options = flex_kernel_options(model.config, batch.input_ids.device) if flex else None
         hidden = decoder(

@@ -109,7 +109,7 @@ def attention_masks(
 
     `causal_none` (rows of one example each, sdpa attention): a layer type whose mask would be plain causal gets
     None, which sdpa runs as `is_causal` (cuDNN's causal kernels) without a mask tensor. `flex`: the other masks
-    as flex attention BlockMasks instead of 4D tensors (flex_attention, or harness.attention's sdpa_flex)."""
+    as flex attention BlockMasks instead of 4D tensors."""
     layer_types = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
 

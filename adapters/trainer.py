@@ -28,7 +28,7 @@ from adapters.loss import supervised_nll
 from adapters.packing import Batch, collate, pack
 from adapters.tokenize import TokenizedExample
 from harness import distributed
-from harness.attention import use_sdpa_flex
+from harness.attention import caps_attention
 from harness.compute import output_head
 from harness.errors import HarnessError
 from harness.models import LoadedModel, ModelOptions, load_model
@@ -90,16 +90,11 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
 
 
 def _faster_attention(model: Any) -> None:
-    """`attention: auto` on a GPU. A model that soft-caps its attention logits (Gemma 2) gets flex attention, which
-    applies the cap in its kernel and skips masked blocks: transformers' own choice is eager (which materialises
-    [rows x heads x T x T] scores) or, in some versions, sdpa, which cannot apply the cap at all. Otherwise sdpa
-    becomes sdpa_flex (harness.attention: flex attention for the layers whose masks are not plain causal, such as
-    Gemma 3's sliding windows)."""
-    implementation = model.config._attn_implementation
-    if getattr(model.config, "attn_logit_softcapping", None):
+    """`attention: auto` on a GPU: a model that soft-caps its attention logits (Gemma 2) gets flex attention, which
+    applies the cap in its kernel and skips masked blocks. transformers' own choice is eager (which materialises
+    [rows x heads x T x T] scores) or, in some versions (5.17), sdpa, which drops the cap without a word."""
+    if caps_attention(model.config):
         model.set_attn_implementation("flex_attention")
-    elif implementation == "sdpa":
-        use_sdpa_flex(model)
 
 
 def compile_layers(model: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from harness.attention import caps_attention
 from harness.embedded import EMBEDDED_MODEL, embedded_checkpoint_dir
 from harness.errors import HarnessError
 from harness.fingerprint import hash_files, hash_json
@@ -24,7 +25,8 @@ from harness.fingerprint import hash_files, hash_json
 Quant = Literal["none", "nf4", "int8"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 # transformers' attention back-ends; "auto" is its default (sdpa, or eager for Gemma 2, whose attention soft-cap
-# sdpa cannot apply). flex_attention applies the soft-cap and sliding windows in one compiled kernel.
+# sdpa cannot apply: _load_weights sees to that). flex_attention applies the soft-cap and sliding windows in one
+# compiled kernel.
 Attention = Literal["auto", "eager", "sdpa", "flex_attention"]
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json")
@@ -231,6 +233,9 @@ def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
         device_map={"": options.resolved_device()},
         attn_implementation=None if options.attention == "auto" else options.attention,
     )
+    if options.attention == "auto" and caps_attention(model.config) and model.config._attn_implementation == "sdpa":
+        # Some transformers versions (5.17) pick sdpa for Gemma 2, which drops its attention soft-cap silently.
+        model.set_attn_implementation("eager")
     model.eval()
     return model
 

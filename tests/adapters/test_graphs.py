@@ -17,7 +17,6 @@ from adapters.graphs import micro_step
 from adapters.packing import collate
 from adapters.tokenize import IGNORE_INDEX, TokenizedExample
 from adapters.trainer import make_optimizer, train_step
-from harness.attention import SDPA_FLEX, use_sdpa_flex
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -31,10 +30,7 @@ def tiny_lora_model(attention: str = "sdpa") -> torch.nn.Module:
         num_key_value_heads=1, head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
     )  # fmt: skip
     torch.manual_seed(0)
-    loaded = "sdpa" if attention == SDPA_FLEX else attention
-    base = AutoModelForCausalLM.from_config(config, attn_implementation=loaded).to("cuda", torch.bfloat16)
-    if attention == SDPA_FLEX:
-        use_sdpa_flex(base)
+    base = AutoModelForCausalLM.from_config(config, attn_implementation=attention).to("cuda", torch.bfloat16)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
     return get_peft_model(base, lora)
 
@@ -44,7 +40,7 @@ def example(length: int, prompt: int, seed: int) -> TokenizedExample:
     return TokenizedExample(ids, [IGNORE_INDEX] * prompt + ids[prompt:], seed)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex_attention", SDPA_FLEX])
+@pytest.mark.parametrize("attention", ["sdpa", "flex_attention"])
 def test_graphed_steps_equal_eager_steps(attention: str) -> None:
     # Steps of two micro-batches: padded single examples, then packed rows; then a packed step with a short
     # micro-batch (padded to the fixed shape with empty rows); the shapes repeat, so graphs are replayed.

@@ -173,25 +173,19 @@ def _example(length: int, seed: int) -> TokenizedExample:
 
 
 def test_flex_block_masks_give_the_dense_masks_losses() -> None:
-    """Flex attention's BlockMasks (what a CUDA-graphed step on flex attention gets), and sdpa_flex's mix of
-    BlockMasks and sdpa's causal kernels, against the 4D mask tensors, on static batches: packed and padded (every
-    layer masked), and one example per row (only the sliding layers masked)."""
-    from harness.attention import use_sdpa_flex
-
+    """Flex attention's BlockMasks (what a CUDA-graphed step on flex attention gets) against the 4D mask tensors,
+    on static batches: packed and padded, and one example per row (the sliding layer still masked)."""
     model = _tiny_gemma3()
     packed = collate([[_example(12, 0), _example(21, 1)], [_example(35, 2)]], pad_id=0, shape=(2, 40))
     single = collate([[_example(33, 3)], [_example(40, 4)]], pad_id=0, shape=(2, 40))
     with torch.no_grad():
         dense = [float(supervised_nll(model, batch, static=True)) for batch in (packed, single)]
-        use_sdpa_flex(model)
-        mixed = [float(supervised_nll(model, batch, static=True)) for batch in (packed, single)]
         model.set_attn_implementation("flex_attention")
         flex = [float(supervised_nll(model, batch, static=True)) for batch in (packed, single)]
         one_segment = dataclasses.replace(packed, segment_ids=torch.ones_like(packed.segment_ids))
         leaky = float(supervised_nll(model, one_segment, static=True))  # the examples see each other
         model.config.sliding_window = 64
         windowless = float(supervised_nll(model, packed, static=True))  # the 35-token row sees past 16 tokens
-    assert mixed == pytest.approx(dense, rel=1e-5)
     assert flex == pytest.approx(dense, rel=1e-5)
     assert leaky != pytest.approx(dense[0], rel=1e-5)  # both changes matter: the comparisons above can fail
     assert windowless != pytest.approx(dense[0], rel=1e-5)
@@ -224,20 +218,14 @@ def test_flex_kernel_options_reach_the_attention_kernel(monkeypatch: pytest.Monk
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward needs a CUDA device")
-@pytest.mark.parametrize("implementation", ["flex_attention", "sdpa_flex"])
-def test_flex_gradients_equal_sdpas(implementation: str) -> None:
-    """Every parameter's gradient through flex attention (all layers, or sdpa_flex's sliding ones) against sdpa
-    with mask tensors, in fp32 (in bf16 the kernels' rounding differs by about 1% per tensor on a model this
-    small), static and not, on packed rows and on rows of one example each. GPU only: flex attention has no
-    backward on a CPU."""
-    from harness.attention import use_sdpa_flex
+def test_flex_gradients_equal_sdpas() -> None:
+    """Every parameter's gradient through flex attention against sdpa with mask tensors, in fp32 (in bf16 the
+    kernels' rounding differs by about 1% per tensor on a model this small), static and not, on packed rows and on
+    rows of one example each. GPU only: flex attention has no backward on a CPU."""
 
-    def gradients(use: str, batch: Batch, static: bool) -> dict[str, torch.Tensor]:
+    def gradients(implementation: str, batch: Batch, static: bool) -> dict[str, torch.Tensor]:
         model = _tiny_gemma3().to("cuda", torch.float32).train()
-        if use == "sdpa_flex":
-            use_sdpa_flex(model)
-        elif use != "sdpa":
-            model.set_attn_implementation(use)
+        model.set_attn_implementation(implementation)
         supervised_nll(model, batch.to(torch.device("cuda")), static=static).backward()
         return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
@@ -246,6 +234,6 @@ def test_flex_gradients_equal_sdpas(implementation: str) -> None:
     for batch in (single, packed):
         reference = gradients("sdpa", batch, static=True)
         for static in (True, False):
-            for name, grad in gradients(implementation, batch, static).items():
+            for name, grad in gradients("flex_attention", batch, static).items():
                 relative = float((grad - reference[name]).norm() / reference[name].norm())
                 assert relative < 1e-4, f"{name}: {relative:.1e}"  # measured: at most 1.2e-6

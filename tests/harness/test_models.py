@@ -132,3 +132,30 @@ def test_eager_attention_scores_like_the_default(gemma: LoadedModel) -> None:
     default_stats, eager_stats = (loglikelihood_rolling(m, text, 64, 32, 1)[0] for m in (gemma, eager))
     assert eager_stats.tokens == default_stats.tokens
     assert eager_stats.nll == pytest.approx(default_stats.nll, rel=1e-4)
+
+
+def test_auto_attention_never_drops_gemma2s_soft_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers 5.17 (the GPU image's) loads Gemma 2 with sdpa by default, and its sdpa ignores the attention
+    soft-cap; this version does neither, so 5.17's choice is reproduced by flagging Gemma 2 as sdpa-capable. On a
+    tiny random Gemma 2, `attention: auto` must then load another back-end and score as eager attention does."""
+    from transformers import AutoModelForCausalLM, Gemma2Config
+    from transformers.models.gemma2 import modeling_gemma2
+
+    from harness.models import _load_weights
+
+    config = Gemma2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, attn_logit_softcapping=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    monkeypatch.setattr(modeling_gemma2.Gemma2PreTrainedModel, "_supports_sdpa", True)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation == "sdpa"  # as on 5.17
+    ids = torch.randint(1, 512, (1, 24), generator=torch.Generator().manual_seed(0))
+    models = {
+        a: _load_weights(tmp_path, ModelOptions(name=str(tmp_path), device="cpu", attention=a))
+        for a in ("auto", "eager")
+    }
+    assert models["auto"].config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(models["auto"](ids).logits, models["eager"](ids).logits)
