@@ -5,7 +5,8 @@ sdpa (cuDNN on an H100) the way the trainer calls it. Random inputs; the masks a
 
     python bench/attention_speed.py --model gemma-3-270m --variants sdpa,default,b64x64x64x64s1w8
 
-Variants: `sdpa`; `default` (flex, torch's options for the head size); or flex with `f<BLOCK_M>x<BLOCK_N>s<stages>w
+Variants: `sdpa`; `default` (flex, torch's options for the head size); `tuned` (harness.attention's options for
+this device and head size, what the trainer passes); or flex with `f<BLOCK_M>x<BLOCK_N>s<stages>w
 <warps>` (forward kernel) and/or `b<BLOCK_M1>x<BLOCK_N1>x<BLOCK_N2>x<BLOCK_M2>s<stages>w<warps>` (backward),
 and `tma` (Hopper's tensor-memory loads), joined by `+`. Blocks must divide flex's 128-token mask blocks.
 """
@@ -21,13 +22,20 @@ from typing import Any
 import torch
 from common import CONFIGS, emit, environment
 
-VARIANTS = "sdpa,default,b64x64x64x64s2w8,b64x64x64x64s3w8,f64x64s2w8,f128x64s2w8"
+VARIANTS = "sdpa,default,tuned,b64x64x64x64s2w8,f128x64s2w8"
 
 
-def kernel_options(variant: str) -> dict[str, Any]:
+def kernel_options(variant: str, config: dict[str, Any]) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from harness.attention import flex_kernel_options
+
     options: dict[str, Any] = {}
     for part in variant.split("+"):
         if part == "default":
+            continue
+        if part == "tuned":
+            options |= flex_kernel_options(SimpleNamespace(**config), torch.device("cuda")) or {}
             continue
         if part == "tma":
             options["USE_TMA"] = True
@@ -67,7 +75,7 @@ def layer_attention(config: dict[str, Any], kind: str, variant: str, rows: int, 
 
         return torch.compile(sdpa, dynamic=False)
     block_mask = flex_block_mask(segments, window)
-    options = kernel_options(variant)
+    options = kernel_options(variant, config)
 
     def capped(score: Any, *_: Any) -> Any:
         return softcap * torch.tanh(score / softcap)
