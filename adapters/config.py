@@ -47,6 +47,13 @@ class TrainConfig(BaseModel):
         1, gt=0, description="run each MLP on this many slices of the micro-batch's rows (less memory in backward)"
     )
     compile: bool = Field(False, description="torch.compile each decoder layer (GPU: fewer, fused kernels)")
+    keep_activations: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="compile + checkpointing: the share of a layer's activations the compiler may keep for the "
+        "backward instead of recomputing them (0: only the layer's input), picked by recompute cost per byte",
+    )
     cuda_graph: bool = Field(
         False, description="replay each micro-batch's forward and backward as one CUDA graph (GPU; fixed shapes)"
     )

@@ -61,11 +61,24 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     device = options.resolved_device()
     if config.cuda_graph and not device.startswith("cuda"):
         raise HarnessError(f"CUDA graphs need a CUDA device, not {device}", field="cuda_graph", hint="set it false")
+    if config.keep_activations and not (config.compile and config.gradient_checkpointing):
+        raise HarnessError(
+            "keep_activations applies to compiled, checkpointed layers",
+            field="keep_activations",
+            hint="set compile: true and gradient_checkpointing: true, or keep_activations: 0",
+        )
     loaded = load_model(options)
     base = loaded.model
     _keep_one_nf4_kernel_path(base)
     if config.attention == "auto" and device.startswith("cuda"):
-        _faster_attention(base)
+        _faster_attention(base, config)
+    if config.keep_activations and device.startswith("cuda") and base.config._attn_implementation == "sdpa":
+        # Measured (BENCHMARKS.md, runs 38-39): kept cuDNN attention outputs gave wrong gradients (norm 3e4).
+        raise HarnessError(
+            "keep_activations with sdpa attention gives wrong gradients on a GPU (cuDNN's kept outputs)",
+            field="attention",
+            hint="use attention: auto or flex_attention",
+        )
     if config.gradient_checkpointing and not config.compile:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
@@ -83,17 +96,19 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     if config.compile:
         if config.gradient_checkpointing:
             # Compiled, checkpointing is the partitioner's job: keep each layer's input, recompute the rest inside
-            # the compiled backward (fused), instead of re-entering the compiled forward through a wrapper.
-            torch._functorch.config.activation_memory_budget = 0.0
+            # the compiled backward (fused), instead of re-entering the compiled forward through a wrapper. With
+            # `keep_activations` above 0 it keeps what is dearest to recompute per byte (attention, matmuls).
+            torch._functorch.config.activation_memory_budget = config.keep_activations
         compile_layers(model)
     return model, loaded
 
 
-def _faster_attention(model: Any) -> None:
+def _faster_attention(model: Any, config: TrainConfig) -> None:
     """`attention: auto` on a GPU: a model that soft-caps its attention logits (Gemma 2) gets flex attention, which
     applies the cap in its kernel and skips masked blocks. transformers' own choice is eager (which materialises
-    [rows x heads x T x T] scores) or, in some versions (5.17), sdpa, which drops the cap without a word."""
-    if caps_attention(model.config):
+    [rows x heads x T x T] scores) or, in some versions (5.17), sdpa, which drops the cap without a word.
+    So does any model with `keep_activations`: sdpa's cuDNN outputs, kept for the backward, broke its gradients."""
+    if caps_attention(model.config) or config.keep_activations:
         model.set_attn_implementation("flex_attention")
 
 

@@ -16,6 +16,8 @@ from model load to the last step. Contenders:
   ...-accumN          ... the step's sequences in N micro-batches (gradient accumulation; the same step)
   ...-sdpa, -eager, -flex   ... with that attention instead of `--attention`
   ...-mlpN            ... each MLP run on N slices of the micro-batch's rows (`mlp_chunks`)
+  ...-keepN           ... compiled + checkpointing keeping N% of a layer's activations (`keep_activations`)
+  ...-nocudnn         ... sdpa without cuDNN's attention kernels (flash / memory-efficient instead)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 `--memory-report ours-...` records the allocator's history and writes what is allocated at the peak
 (bench/memory_peak.py).
@@ -69,6 +71,8 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     headloss.LOGIT_CHUNK_BYTES = option("chunk", headloss.LOGIT_CHUNK_BYTES // 2**20) * 2**20
     headloss.LSE_SLICES = option("lse", headloss.LSE_SLICES)
     accumulation = option("accum", 1)
+    if "-nocudnn" in contender:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     assert args.batch % accumulation == 0, f"{args.batch} sequences do not split into {accumulation} micro-batches"
     config = TrainConfig(
         model=str(checkpoint),
@@ -82,6 +86,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         grad_accum=accumulation,
         gradient_checkpointing="ckpt" in contender,
         mlp_chunks=option("mlp", 1),
+        keep_activations=option("keep", 0) / 100,
         compile="compile" in contender,
         cuda_graph="graph" in contender,
         attention=attention_of(contender, args),

@@ -168,6 +168,34 @@ def test_cuda_graphs_without_a_gpu_name_the_field() -> None:
         build_model(TrainConfig(device="cpu", cuda_graph=True))
 
 
+def test_keep_activations_needs_compiled_checkpointed_layers() -> None:
+    from adapters.trainer import build_model
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="field 'keep_activations': keep_activations applies to compiled"):
+        build_model(TrainConfig(device="cpu", keep_activations=0.05, compile=True))
+
+
+def test_kept_activations_move_auto_attention_off_sdpa() -> None:
+    """On a GPU, `attention: auto` with `keep_activations` gives flex attention (kept cuDNN sdpa outputs broke the
+    gradients, BENCHMARKS.md runs 38-39). A tiny random Gemma 3 stands in: only its attention setting is read."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    from adapters.trainer import _faster_attention
+
+    def chosen(keep: float) -> str:
+        config = Gemma3TextConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
+            num_key_value_heads=1, head_dim=16,
+        )  # fmt: skip
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        _faster_attention(model, TrainConfig(compile=True, gradient_checkpointing=True, keep_activations=keep))
+        return model.config._attn_implementation
+
+    assert chosen(0.0) == "sdpa"
+    assert chosen(0.05) == "flex_attention"
+
+
 def test_sliced_mlps_give_the_same_loss_and_gradients() -> None:
     """`mlp_chunks` changes the MLP's memory, not its result: the same NLL and LoRA gradients on the real model."""
     from adapters.loss import supervised_nll
