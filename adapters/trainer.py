@@ -59,7 +59,8 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
         name=config.model, quant=config.quant, dtype=config.dtype, device=config.device, attention=config.attention
     )
     device = options.resolved_device()
-    if config.cuda_graph and not device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if config.cuda_graph and not cuda:
         raise HarnessError(f"CUDA graphs need a CUDA device, not {device}", field="cuda_graph", hint="set it false")
     if config.keep_activations and not (config.compile and config.gradient_checkpointing):
         raise HarnessError(
@@ -70,9 +71,9 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     loaded = load_model(options)
     base = loaded.model
     _keep_one_nf4_kernel_path(base)
-    if config.attention == "auto" and device.startswith("cuda"):
+    if config.attention == "auto" and cuda:
         _faster_attention(base, config)
-    if config.keep_activations and device.startswith("cuda") and base.config._attn_implementation == "sdpa":
+    if config.keep_activations and cuda and base.config._attn_implementation == "sdpa":
         # Measured (BENCHMARKS.md, runs 38-39): kept cuDNN attention outputs gave wrong gradients (norm 3e4).
         raise HarnessError(
             "keep_activations with sdpa attention gives wrong gradients on a GPU (cuDNN's kept outputs)",

@@ -153,29 +153,15 @@ def test_fused_head_gradients_match_full_logits_autograd(tokenized: list[Tokeniz
         assert relative < 1e-4, f"{name}: {relative:.2e} from HF's gradient"  # measured: at most 4.3e-5
 
 
-def _tiny_gemma3() -> torch.nn.Module:
-    """A tiny random Gemma 3 stands in for the embedded one: its sliding window (16) is shorter than the rows,
-    which the embedded model's (512) is not, and what is under test is which keys each query sees, not the
-    weights."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(
-        vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-
-
 def _example(length: int, seed: int) -> TokenizedExample:
     ids = torch.randint(1, 512, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
     return TokenizedExample(ids, [IGNORE_INDEX] * 3 + ids[3:], seed)
 
 
-def test_flex_block_masks_give_the_dense_masks_losses() -> None:
+def test_flex_block_masks_give_the_dense_masks_losses(tiny_gemma3: Callable[[], torch.nn.Module]) -> None:
     """Flex attention's BlockMasks (what a CUDA-graphed step on flex attention gets) against the 4D mask tensors,
     on static batches: packed and padded, and one example per row (the sliding layer still masked)."""
-    model = _tiny_gemma3()
+    model = tiny_gemma3()
     packed = collate([[_example(12, 0), _example(21, 1)], [_example(35, 2)]], pad_id=0, shape=(2, 40))
     single = collate([[_example(33, 3)], [_example(40, 4)]], pad_id=0, shape=(2, 40))
     with torch.no_grad():
@@ -191,7 +177,9 @@ def test_flex_block_masks_give_the_dense_masks_losses() -> None:
     assert windowless != pytest.approx(dense[0], rel=1e-5)
 
 
-def test_flex_kernel_options_reach_the_attention_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flex_kernel_options_reach_the_attention_kernel(
+    monkeypatch: pytest.MonkeyPatch, tiny_gemma3: Callable[[], torch.nn.Module]
+) -> None:
     """The tuned kernel options (harness.attention, GPU-only) travel from the loss through transformers' decoder
     to flex attention's call. On this CPU none are tuned, so the options are forced and the call is observed
     (and passed on without them: CPU flex attention has no Triton tiles to set)."""
@@ -209,7 +197,7 @@ def test_flex_kernel_options_reach_the_attention_kernel(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", observed)
     monkeypatch.setattr(adapters.loss, "flex_kernel_options", lambda config, device: options)
-    model = _tiny_gemma3()
+    model = tiny_gemma3()
     model.set_attn_implementation("flex_attention")
     with torch.no_grad():
         supervised_nll(model, collate([[_example(20, 5)]], pad_id=0), static=True)
@@ -218,13 +206,13 @@ def test_flex_kernel_options_reach_the_attention_kernel(monkeypatch: pytest.Monk
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward needs a CUDA device")
-def test_flex_gradients_equal_sdpas() -> None:
+def test_flex_gradients_equal_sdpas(tiny_gemma3: Callable[[], torch.nn.Module]) -> None:
     """Every parameter's gradient through flex attention against sdpa with mask tensors, in fp32 (in bf16 the
     kernels' rounding differs by about 1% per tensor on a model this small), static and not, on packed rows and on
     rows of one example each. GPU only: flex attention has no backward on a CPU."""
 
     def gradients(implementation: str, batch: Batch, static: bool) -> dict[str, torch.Tensor]:
-        model = _tiny_gemma3().to("cuda", torch.float32).train()
+        model = tiny_gemma3().to("cuda", torch.float32).train()
         model.set_attn_implementation(implementation)
         supervised_nll(model, batch.to(torch.device("cuda")), static=static).backward()
         return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}

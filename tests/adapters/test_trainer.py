@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -176,19 +177,13 @@ def test_keep_activations_needs_compiled_checkpointed_layers() -> None:
         build_model(TrainConfig(device="cpu", keep_activations=0.05, compile=True))
 
 
-def test_kept_activations_move_auto_attention_off_sdpa() -> None:
+def test_kept_activations_move_auto_attention_off_sdpa(tiny_gemma3: Callable[[], torch.nn.Module]) -> None:
     """On a GPU, `attention: auto` with `keep_activations` gives flex attention (kept cuDNN sdpa outputs broke the
     gradients, BENCHMARKS.md runs 38-39). A tiny random Gemma 3 stands in: only its attention setting is read."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
-
     from adapters.trainer import _faster_attention
 
     def chosen(keep: float) -> str:
-        config = Gemma3TextConfig(
-            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
-            num_key_value_heads=1, head_dim=16,
-        )  # fmt: skip
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        model = tiny_gemma3()
         _faster_attention(model, TrainConfig(compile=True, gradient_checkpointing=True, keep_activations=keep))
         return model.config._attn_implementation
 
