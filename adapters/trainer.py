@@ -74,7 +74,8 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     if config.attention == "auto" and cuda:
         _faster_attention(base, config)
     if config.keep_activations and cuda and base.config._attn_implementation == "sdpa":
-        # Measured (BENCHMARKS.md, runs 38-39): kept cuDNN attention outputs gave wrong gradients (norm 3e4).
+        # Measured (BENCHMARKS.md, runs 38-49): kept cuDNN attention outputs gave gradient norms of 1e5 where one
+        # CUDA graph replays different micro-batches back to back (a race, not found; flex attention trains right).
         raise HarnessError(
             "keep_activations with sdpa attention gives wrong gradients on a GPU (cuDNN's kept outputs)",
             field="attention",

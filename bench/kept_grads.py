@@ -1,0 +1,155 @@
+"""Compiled, checkpointed layers against eager ones: do their LoRA gradients agree, per attention kernel and share
+of kept activations? A diagnostic for the trainer's `keep_activations` (BENCHMARKS.md, runs 38-49: kept cuDNN
+attention outputs trained with gradient norms of 1e5). GPU only.
+
+    python bench/kept_grads.py --contenders sdpa-keep0,sdpa-keep20,flex-keep20,sdpa-keep20-graph
+
+A model with the real config's shapes but `--layers` decoder layers (random weights, NF4 base, LoRA r16 with
+random B so that every adapter matrix has a gradient), one micro-batch of `--rows` x `--seq` tokens. Each
+contender runs in its own process: the eager micro-step's gradients, then the compiled layers' (partitioner
+budget `keepN` percent, `-graph` replayed from a CUDA graph, `-accum2` two micro-batches accumulated), and prints
+the largest relative difference over the adapter's matrices, for each of `--steps` optimizer steps (AdamW,
+learning rate 2e-4, each model stepping on its own gradients). `-fresh`: new rows every step (else the capture's);
+`-same`: every micro-batch of a step the same rows; `-sync`: the device synchronised after each micro-batch;
+`-trainer`: no eager model, the trainer's steps (its optimizer, clipping, adapter B from zero) under a CUDA graph.
+Contender names: `sdpa` (cuDNN kernels), `nocudnn` (sdpa without them), `flex`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import CONFIGS, MODELS, emit, environment, random_ids, run_isolated, tokenizer_dir
+
+
+def build(folder: Path, args: argparse.Namespace, attention: str, random_b: bool = True) -> Any:
+    from adapters.trainer import build_model
+
+    config = train_config(folder, args, attention)
+    model, _ = build_model(config)
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name and random_b:  # peft starts B at zero: A would get no gradient
+            parameter.data.normal_(std=0.02)
+    return model.train()
+
+
+def train_config(folder: Path, args: argparse.Namespace, attention: str) -> Any:
+    from adapters.config import TrainConfig
+
+    return TrainConfig(model=str(folder), quant="nf4", device="cuda", lora_r=16, lora_alpha=32, lora_dropout=0.0,
+                      max_seq_len=args.seq, batch_size=args.rows, attention=attention)  # fmt: skip
+
+
+def gradients(model: Any, batches: list[Any], step: Any, sync: bool = False) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=False)
+    n_supervised = sum(int((b.labels != -100).sum()) for b in batches)
+    for batch in batches:
+        step(batch, n_supervised)
+        if sync:  # `-sync`: the device idle between micro-batches
+            torch.cuda.synchronize()
+    torch.cuda.synchronize()
+    return {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def contender_row(folder: Path, args: argparse.Namespace, contender: str) -> dict[str, Any]:
+    from adapters.graphs import eager_micro_step, micro_step
+    from adapters.packing import collate
+    from adapters.tokenize import IGNORE_INDEX, TokenizedExample
+    from adapters.trainer import compile_layers
+
+    attention = "flex_attention" if contender.startswith("flex") else "sdpa"
+    if contender.startswith("nocudnn"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    found = re.search(r"-keep(\d+)", contender)
+    accumulation = int(m.group(1)) if (m := re.search(r"-accum(\d+)", contender)) else 1
+
+    def step_batches(seed: int) -> list[Any]:  # `-same`: every micro-batch the same rows
+        ids = random_ids(args.rows * accumulation, args.seq, seed).tolist()
+        rows = [[TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in ids]
+        starts = [0] * accumulation if "-same" in contender else range(0, len(rows), args.rows)
+        return [collate(rows[i : i + args.rows], pad_id=0) for i in starts]
+
+    batches = step_batches(0)
+    if "-trainer" in contender:  # no eager model: the trainer's own steps, B from zero, as bench/train_speed.py
+        return trainer_steps(folder, args, attention, batches, float(found.group(1)) / 100 if found else 0.0)
+    eager = build(folder, args, attention)
+    compiled = build(folder, args, attention)
+    torch._functorch.config.activation_memory_budget = int(found.group(1)) / 100 if found else 0.0
+    compile_layers(compiled)
+    step = micro_step(compiled, cuda_graph="-graph" in contender)
+    gradients(compiled, batches, step)  # the first call compiles (and warms up / captures a graph)
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-4) for m in (eager, compiled)]
+    errors, norms, eager_norms = [], [], []
+    for number in range(args.steps):  # the same update from each model's own gradients
+        batches = step_batches(number + 1) if "-fresh" in contender else batches
+        reference = gradients(eager, batches, eager_micro_step(eager))
+        ours = gradients(compiled, batches, step, sync="-sync" in contender)
+        errors.append(max(float((ours[n] - g).norm() / g.norm()) for n, g in reference.items()))
+        norms.append(float(torch.stack([g.norm() for g in ours.values()]).norm()))
+        eager_norms.append(float(torch.stack([g.norm() for g in reference.values()]).norm()))
+        for optimizer in optimizers:
+            optimizer.step()
+    return {"max_rel_error": [round(e, 4) for e in errors], "grad_norm": [round(n, 4) for n in norms],
+            "eager_grad_norm": [round(n, 4) for n in eager_norms]}  # fmt: skip
+
+
+def trainer_steps(folder: Path, args: argparse.Namespace, attention: str, batches: list[Any], keep: float) -> Any:
+    from adapters.graphs import micro_step
+    from adapters.trainer import compile_layers, make_optimizer, train_step
+
+    config = train_config(folder, args, attention)
+    model = build(folder, args, attention, random_b=False)
+    torch._functorch.config.activation_memory_budget = keep
+    compile_layers(model)
+    optimizer, scheduler = make_optimizer(model, config, 1000)
+    step = micro_step(model, cuda_graph=True)
+    records = [train_step(model, optimizer, scheduler, batches, config, step) for _ in range(args.steps + 1)]
+    return {"grad_norm": [round(r["grad_norm"], 4) for r in records], "losses": [round(r["loss"], 5) for r in records]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma-3-270m", choices=MODELS)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=1, help="optimizer steps, each compared")
+    parser.add_argument("--contenders", default="sdpa-keep0,sdpa-keep20,flex-keep20")
+    parser.add_argument("--out", type=Path, default=None, help="append JSON rows here")
+    parser.add_argument("--checkpoint", type=Path, default=None, help=argparse.SUPPRESS)  # set for child runs
+    args = parser.parse_args()
+    if args.checkpoint is not None:
+        (contender,) = args.contenders.split(",")
+        try:
+            result = contender_row(args.checkpoint, args, contender)
+        except Exception as error:
+            result = {"error": repr(error)[:500]}
+        shape = {"model": args.model, "layers": args.layers, "rows": args.rows, "seq": args.seq}
+        emit({"what": "kept_grads", "contender": contender, **shape, **result}, args.out)
+        return
+    emit(environment(), args.out)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        config = AutoConfig.from_pretrained(CONFIGS / f"{args.model}.json")
+        config.num_hidden_layers = args.layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[-args.layers :]  # ends on a full-attention layer
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(scratch)
+        AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(scratch)
+        for contender in args.contenders.split(","):
+            run_isolated(__file__, sys.argv[1:], ["--contenders", contender, "--checkpoint", scratch])
+    print(json.dumps({"done": True}))
+
+
+if __name__ == "__main__":
+    main()
