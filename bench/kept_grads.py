@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import CONFIGS, MODELS, emit, environment, random_ids, run_isolated, tokenizer_dir
+from common import CONFIGS, MODELS, emit, environment, run_isolated, tokenizer_dir, training_rows
 
 
-def build(folder: Path, args: argparse.Namespace, attention: str, random_b: bool = True) -> Any:
+def build(config: Any, random_b: bool = True) -> Any:
     from adapters.trainer import build_model
 
-    config = train_config(folder, args, attention)
     model, _ = build_model(config)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
@@ -50,7 +49,7 @@ def train_config(folder: Path, args: argparse.Namespace, attention: str) -> Any:
 
 def gradients(model: Any, batches: list[Any], step: Any, sync: bool = False) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=False)
-    n_supervised = sum(int((b.labels != -100).sum()) for b in batches)
+    n_supervised = sum(batch.supervised_tokens for batch in batches)
     for batch in batches:
         step(batch, n_supervised)
         if sync:  # `-sync`: the device idle between micro-batches
@@ -62,27 +61,26 @@ def gradients(model: Any, batches: list[Any], step: Any, sync: bool = False) -> 
 def contender_row(folder: Path, args: argparse.Namespace, contender: str) -> dict[str, Any]:
     from adapters.graphs import eager_micro_step, micro_step
     from adapters.packing import collate
-    from adapters.tokenize import IGNORE_INDEX, TokenizedExample
     from adapters.trainer import compile_layers
 
     attention = "flex_attention" if contender.startswith("flex") else "sdpa"
     if contender.startswith("nocudnn"):
         torch.backends.cuda.enable_cudnn_sdp(False)
-    found = re.search(r"-keep(\d+)", contender)
+    keep = int(found.group(1)) / 100 if (found := re.search(r"-keep(\d+)", contender)) else 0.0
     accumulation = int(m.group(1)) if (m := re.search(r"-accum(\d+)", contender)) else 1
 
     def step_batches(seed: int) -> list[Any]:  # `-same`: every micro-batch the same rows
-        ids = random_ids(args.rows * accumulation, args.seq, seed).tolist()
-        rows = [[TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in ids]
+        rows = training_rows(args.rows * accumulation, args.seq, seed)
         starts = [0] * accumulation if "-same" in contender else range(0, len(rows), args.rows)
         return [collate(rows[i : i + args.rows], pad_id=0) for i in starts]
 
     batches = step_batches(0)
+    config = train_config(folder, args, attention)
     if "-trainer" in contender:  # no eager model: the trainer's own steps, B from zero, as bench/train_speed.py
-        return trainer_steps(folder, args, attention, batches, float(found.group(1)) / 100 if found else 0.0)
-    eager = build(folder, args, attention)
-    compiled = build(folder, args, attention)
-    torch._functorch.config.activation_memory_budget = int(found.group(1)) / 100 if found else 0.0
+        return trainer_steps(config, args, batches, keep)
+    eager = build(config)
+    compiled = build(config)
+    torch._functorch.config.activation_memory_budget = keep
     compile_layers(compiled)
     step = micro_step(compiled, cuda_graph="-graph" in contender)
     gradients(compiled, batches, step)  # the first call compiles (and warms up / captures a graph)
@@ -101,12 +99,11 @@ def contender_row(folder: Path, args: argparse.Namespace, contender: str) -> dic
             "eager_grad_norm": [round(n, 4) for n in eager_norms]}  # fmt: skip
 
 
-def trainer_steps(folder: Path, args: argparse.Namespace, attention: str, batches: list[Any], keep: float) -> Any:
+def trainer_steps(config: Any, args: argparse.Namespace, batches: list[Any], keep: float) -> Any:
     from adapters.graphs import micro_step
     from adapters.trainer import compile_layers, make_optimizer, train_step
 
-    config = train_config(folder, args, attention)
-    model = build(folder, args, attention, random_b=False)
+    model = build(config, random_b=False)
     torch._functorch.config.activation_memory_budget = keep
     compile_layers(model)
     optimizer, scheduler = make_optimizer(model, config, 1000)

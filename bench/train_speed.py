@@ -45,6 +45,7 @@ from common import (
     random_ids,
     run_isolated,
     timed,
+    training_rows,
 )
 
 LORA = {"r": 16, "alpha": 32}
@@ -60,7 +61,6 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     from adapters.config import TrainConfig
     from adapters.graphs import micro_step
     from adapters.packing import collate
-    from adapters.tokenize import IGNORE_INDEX, TokenizedExample
     from adapters.trainer import build_model, make_optimizer, train_step
     from harness import headloss
 
@@ -100,9 +100,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         model.train()  # as the trainer does: dropout off here (0.0), gradient checkpointing only in train mode
         optimizer, scheduler = make_optimizer(model, config, 1000)
         forward_backward = micro_step(model, config.cuda_graph)
-        rows = [
-            [TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in random_ids(args.batch, args.seq).tolist()
-        ]
+        rows = training_rows(args.batch, args.seq)
         size = config.batch_size
         batches = [collate(rows[start : start + size], pad_id=0) for start in range(0, args.batch, size)]
         records: list[dict[str, Any]] = []
