@@ -74,10 +74,10 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     if config.attention == "auto" and cuda:
         _faster_attention(base, config)
     if config.keep_activations and cuda and base.config._attn_implementation == "sdpa":
-        # Measured (BENCHMARKS.md, runs 38-49): kept cuDNN attention outputs gave gradient norms of 1e5 where one
-        # CUDA graph replays different micro-batches back to back (a race, not found; flex attention trains right).
+        # Measured (BENCHMARKS.md, runs 38-52): kept cuDNN attention outputs gave gradient norms of 1e5 in 4 runs,
+        # intermittently (none in 12 later tries; cause not found). Flex attention has never failed so.
         raise HarnessError(
-            "keep_activations with sdpa attention gives wrong gradients on a GPU (cuDNN's kept outputs)",
+            "keep_activations with sdpa attention has given wrong gradients on a GPU (kept cuDNN outputs, at times)",
             field="attention",
             hint="use attention: auto or flex_attention",
         )

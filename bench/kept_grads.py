@@ -1,5 +1,5 @@
 """Compiled, checkpointed layers against eager ones: do their LoRA gradients agree, per attention kernel and share
-of kept activations? A diagnostic for the trainer's `keep_activations` (BENCHMARKS.md, runs 38-49: kept cuDNN
+of kept activations? A diagnostic for the trainer's `keep_activations` (BENCHMARKS.md, runs 38-52: kept cuDNN
 attention outputs trained with gradient norms of 1e5). GPU only.
 
     python bench/kept_grads.py --contenders sdpa-keep0,sdpa-keep20,flex-keep20,sdpa-keep20-graph
@@ -11,6 +11,7 @@ budget `keepN` percent, `-graph` replayed from a CUDA graph, `-accum2` two micro
 the largest relative difference over the adapter's matrices, for each of `--steps` optimizer steps (AdamW,
 learning rate 2e-4, each model stepping on its own gradients). `-fresh`: new rows every step (else the capture's);
 `-same`: every micro-batch of a step the same rows; `-sync`: the device synchronised after each micro-batch;
+`-blocking`: every kernel launch synchronous (`CUDA_LAUNCH_BLOCKING=1`, set before CUDA starts);
 `-trainer`: no eager model, the trainer's steps (its optimizer, clipping, adapter B from zero) under a CUDA graph.
 Contender names: `sdpa` (cuDNN kernels), `nocudnn` (sdpa without them), `flex`.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -63,6 +65,8 @@ def contender_row(folder: Path, args: argparse.Namespace, contender: str) -> dic
     from adapters.packing import collate
     from adapters.trainer import compile_layers
 
+    if "-blocking" in contender:  # read when the CUDA context is created: nothing has touched CUDA yet
+        os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
     attention = "flex_attention" if contender.startswith("flex") else "sdpa"
     if contender.startswith("nocudnn"):
         torch.backends.cuda.enable_cudnn_sdp(False)

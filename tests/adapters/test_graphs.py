@@ -89,7 +89,7 @@ def test_kept_activations_give_the_recomputed_gradients() -> None:
     """Compiled, checkpointed layers keeping a fifth of their activations (`keep_activations: 0.2`, flex attention,
     as the trainer sets them up), replayed as CUDA graphs, against the same layers recomputing everything: every
     step's loss and gradient norm, including two different micro-batches replaying one graph back to back (the
-    pattern under which kept cuDNN outputs gave gradient norms of 1e5 against 0.22, BENCHMARKS.md runs 38-49).
+    pattern under which kept cuDNN outputs gave gradient norms of 1e5 against 0.22, BENCHMARKS.md runs 38-52).
     The weights stay put (learning rate 1e-9): on a model this small a trained trajectory amplifies the two
     compilations' different bf16 rounding into 40% apart gradient norms within four steps, which would hide the
     difference under test; with fixed weights, kept or recomputed, a tensor comes from the same kernels."""

@@ -179,7 +179,7 @@ def test_keep_activations_needs_compiled_checkpointed_layers() -> None:
 
 def test_kept_activations_move_auto_attention_off_sdpa(tiny_gemma3: Callable[[], torch.nn.Module]) -> None:
     """On a GPU, `attention: auto` with `keep_activations` gives flex attention (kept cuDNN sdpa outputs broke the
-    gradients, BENCHMARKS.md runs 38-49). A tiny random Gemma 3 stands in: only its attention setting is read."""
+    gradients, BENCHMARKS.md runs 38-52). A tiny random Gemma 3 stands in: only its attention setting is read."""
     from adapters.trainer import _faster_attention
 
     def chosen(keep: float) -> str:
