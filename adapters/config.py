@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.formats import DataFormatName
 from harness.models import Attention
-from harness.yamlfile import read_mapping, validate
+from harness.yamlfile import FieldError, read_mapping, validate
 
 
 class TrainConfig(BaseModel):
@@ -63,6 +63,18 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(20, gt=0)
     patience: int | None = Field(None, gt=0, description="evaluations without improvement before stopping")
     save_every: int = Field(20, gt=0)
+
+    @model_validator(mode="after")
+    def _options_fit_together(self) -> TrainConfig:
+        if self.keep_activations and not (self.compile and self.gradient_checkpointing):
+            raise FieldError(
+                "keep_activations",
+                "keep_activations applies to compiled, checkpointed layers: set compile: true and "
+                "gradient_checkpointing: true, or keep_activations: 0",
+            )
+        if self.cuda_graph and self.device == "cpu":  # `auto` resolving to the CPU is caught at model load
+            raise FieldError("cuda_graph", "CUDA graphs need a CUDA device: set cuda_graph: false or a cuda device")
+        return self
 
 
 def load_train_config(path: Path | None, overrides: Mapping[str, object]) -> TrainConfig:

@@ -62,12 +62,6 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     cuda = device.startswith("cuda")
     if config.cuda_graph and not cuda:
         raise HarnessError(f"CUDA graphs need a CUDA device, not {device}", field="cuda_graph", hint="set it false")
-    if config.keep_activations and not (config.compile and config.gradient_checkpointing):
-        raise HarnessError(
-            "keep_activations applies to compiled, checkpointed layers",
-            field="keep_activations",
-            hint="set compile: true and gradient_checkpointing: true, or keep_activations: 0",
-        )
     loaded = load_model(options)
     base = loaded.model
     _keep_one_nf4_kernel_path(base)

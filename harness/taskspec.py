@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from harness.errors import HarnessError
 from harness.fingerprint import hash_json
-from harness.yamlfile import read_mapping, validate, yaml_line
+from harness.yamlfile import FieldError, read_mapping, validate, yaml_line
 
 DataFormat = Literal["auto", "jsonl", "csv", "parquet", "hf_disk"]
 
@@ -69,7 +69,7 @@ class PerplexityConfig(BaseModel):
     @model_validator(mode="after")
     def _stride_fits(self) -> PerplexityConfig:
         if self.stride > self.max_length:
-            raise ValueError("stride must not exceed max_length")
+            raise FieldError("stride", "stride must not exceed max_length")
         return self
 
 
@@ -117,9 +117,9 @@ class TaskSpec(BaseModel):
     @model_validator(mode="after")
     def _generate_needs_reference(self) -> TaskSpec:
         if self.kind == "generate" and not self.reference_field:
-            raise ValueError("a generate task needs reference_field")
+            raise FieldError("reference_field", "a generate task needs reference_field")
         if self.kind == "perplexity" and self.judges:
-            raise ValueError("judges score generated text: a perplexity task cannot list judges")
+            raise FieldError("judges", "judges score generated text: a perplexity task cannot list judges")
         return self
 
     def fingerprint(self, data_fingerprint: str) -> str:

@@ -13,6 +13,15 @@ from harness.errors import HarnessError
 Model = TypeVar("Model", bound=BaseModel)
 
 
+class FieldError(ValueError):
+    """A cross-field check's failure in a model validator, naming the field at fault: pydantic places such errors
+    on the whole model, and `validate` moves them to this field (its file line)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def yaml_line(node: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
     """1-based line in the YAML source of the value at a pydantic error location (best effort)."""
     line = node.start_mark.line + 1 if node is not None else None
@@ -63,9 +72,12 @@ def validate(
     except ValidationError as error:
         first = error.errors()[0]
         location = tuple(first["loc"])
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            location = (*location, cause.field)
         in_file = path is not None and (from_file is None or (bool(location) and location[0] in from_file))
         raise HarnessError(
-            first["msg"],
+            str(cause) if isinstance(cause, FieldError) else first["msg"],
             path=path if in_file else None,
             line=yaml_line(root, location) if in_file else None,
             field=".".join(str(part) for part in location) or None,

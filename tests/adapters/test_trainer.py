@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from adapters.config import TrainConfig
@@ -161,20 +162,35 @@ def test_bad_config_names_file_line_and_field(tmp_path: Path) -> None:
         load_train_config(path, {})
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="`device: auto` must resolve to the CPU")
 def test_cuda_graphs_without_a_gpu_name_the_field() -> None:
+    """`device: auto` resolves to the CPU only at model load, so the trainer checks there too."""
     from adapters.trainer import build_model
     from harness.errors import HarnessError
 
     with pytest.raises(HarnessError, match="field 'cuda_graph': CUDA graphs need a CUDA device, not cpu"):
-        build_model(TrainConfig(device="cpu", cuda_graph=True))
+        build_model(TrainConfig(cuda_graph=True))
 
 
-def test_keep_activations_needs_compiled_checkpointed_layers() -> None:
-    from adapters.trainer import build_model
+@pytest.mark.parametrize(
+    ("text", "line", "field", "message"),
+    [
+        ("compile: true\nkeep_activations: 0.05\n", 2, "keep_activations", "applies to compiled, checkpointed"),
+        ("device: cpu\nlora_r: 8\ncuda_graph: true\n", 3, "cuda_graph", "need a CUDA device"),
+    ],
+)
+def test_options_that_conflict_name_file_line_and_field(
+    tmp_path: Path, text: str, line: int, field: str, message: str
+) -> None:
+    from adapters.config import load_train_config
     from harness.errors import HarnessError
 
-    with pytest.raises(HarnessError, match="field 'keep_activations': keep_activations applies to compiled"):
-        build_model(TrainConfig(device="cpu", keep_activations=0.05, compile=True))
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    with pytest.raises(HarnessError, match=rf"train.yaml:{line}: field '{field}': .*{message}"):
+        load_train_config(path, {})
+    with pytest.raises(HarnessError, match=rf"^field '{field}': "):  # from the command line: no file to name
+        load_train_config(None, dict(yaml.safe_load(text)))
 
 
 def test_kept_activations_move_auto_attention_off_sdpa(tiny_gemma3: Callable[[], torch.nn.Module]) -> None:

@@ -76,6 +76,14 @@ def test_invalid_field_value_names_file_line_and_field(task_dir: Callable[..., P
     assert_user_error(folder, "t", tmp_path / "runs", "t.yaml:", "generation.max_new_tokens", "greater than 0")
 
 
+def test_fields_that_conflict_name_the_field_at_fault(task_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """Cross-field checks (a model validator's) still name the file, the line and the field at fault."""
+    perplexity = {"max_length": 64, "stride": 128}
+    folder = task_dir("t", GOOD_ROWS, **{**GOOD_FIELDS, "perplexity": perplexity})
+    line = next(n for n, text in enumerate((folder / "t.yaml").read_text().splitlines(), 1) if "stride" in text)
+    assert_user_error(folder, "t", tmp_path / "runs", f"t.yaml:{line}:", "field 'perplexity.stride'", "exceed")
+
+
 def test_unknown_yaml_field(task_dir: Callable[..., Path], tmp_path: Path) -> None:
     folder = task_dir("t", GOOD_ROWS, **GOOD_FIELDS, refrence_field="answer")
     assert_user_error(folder, "t", tmp_path / "runs", "t.yaml:", "refrence_field", "Extra inputs are not permitted")
