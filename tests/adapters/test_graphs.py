@@ -1,13 +1,14 @@
 """Training steps replayed as CUDA graphs against the same steps run eagerly (GPU only).
 
-A tiny random Gemma 3 (two layers, one sliding) with plain LoRA in bf16 stands in for the embedded model: CUDA
-graphs cannot run on a CPU, and what is under test is the replay (static inputs, gradients accumulated in place,
-the warm-up's gradients undone, one graph per shape and packing), not the model's weights. bench/train_speed.py
-runs the real 270M and 2B shapes with NF4 and prints both contenders' losses."""
+A tiny random Gemma 3 (conftest's, two layers, one sliding) with plain LoRA in bf16 stands in for the embedded
+model: CUDA graphs cannot run on a CPU, and what is under test is the replay (static inputs, gradients accumulated
+in place, the warm-up's gradients undone, one graph per shape and packing), not the model's weights.
+bench/train_speed.py runs the real 270M and 2B shapes with NF4 and prints both contenders' losses."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -21,16 +22,10 @@ from adapters.trainer import make_optimizer, train_step
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def tiny_lora_model(attention: str = "sdpa") -> torch.nn.Module:
+def tiny_lora_model(tiny_gemma3: Callable[..., torch.nn.Module], attention: str) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
-    config = Gemma3TextConfig(
-        vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(config, attn_implementation=attention).to("cuda", torch.bfloat16)
+    base = tiny_gemma3(attention, width=64, vocab=1024).to("cuda", torch.bfloat16).train()
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
     return get_peft_model(base, lora)
 
@@ -76,8 +71,8 @@ def assert_same_training(eager: tuple, graph: tuple, rel: float = 2e-2) -> None:
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "flex_attention"])
-def test_graphed_steps_equal_eager_steps(attention: str) -> None:
-    eager_model = tiny_lora_model(attention)
+def test_graphed_steps_equal_eager_steps(tiny_gemma3: Callable[..., torch.nn.Module], attention: str) -> None:
+    eager_model = tiny_lora_model(tiny_gemma3, attention)
     graphed_model = copy.deepcopy(eager_model)
     eager = run_steps(eager_model, graphed=False)
     graph = run_steps(graphed_model, graphed=True)
@@ -85,7 +80,7 @@ def test_graphed_steps_equal_eager_steps(attention: str) -> None:
     assert_same_training(eager, graph)
 
 
-def test_kept_activations_give_the_recomputed_gradients() -> None:
+def test_kept_activations_give_the_recomputed_gradients(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
     """Compiled, checkpointed layers keeping a fifth of their activations (`keep_activations: 0.2`, flex attention,
     as the trainer sets them up), replayed as CUDA graphs, against the same layers recomputing everything: every
     step's loss and gradient norm, including two different micro-batches replaying one graph back to back (the
@@ -99,7 +94,7 @@ def test_kept_activations_give_the_recomputed_gradients() -> None:
     runs = []
     for budget in (0.0, 0.2):
         torch._dynamo.reset()  # compile afresh under this budget (the partitioner reads it at compile time)
-        model = tiny_lora_model("flex_attention")
+        model = tiny_lora_model(tiny_gemma3, "flex_attention")
         compile_layers(model)
         with torch._functorch.config.patch(activation_memory_budget=budget):
             runs.append(run_steps(model, graphed=True, config=config)[0])

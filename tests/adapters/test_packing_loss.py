@@ -158,7 +158,7 @@ def _example(length: int, seed: int) -> TokenizedExample:
     return TokenizedExample(ids, [IGNORE_INDEX] * 3 + ids[3:], seed)
 
 
-def test_flex_block_masks_give_the_dense_masks_losses(tiny_gemma3: Callable[[], torch.nn.Module]) -> None:
+def test_flex_block_masks_give_the_dense_masks_losses(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
     """Flex attention's BlockMasks (what a CUDA-graphed step on flex attention gets) against the 4D mask tensors,
     on static batches: packed and padded, and one example per row (the sliding layer still masked)."""
     model = tiny_gemma3()
@@ -178,7 +178,7 @@ def test_flex_block_masks_give_the_dense_masks_losses(tiny_gemma3: Callable[[], 
 
 
 def test_flex_kernel_options_reach_the_attention_kernel(
-    monkeypatch: pytest.MonkeyPatch, tiny_gemma3: Callable[[], torch.nn.Module]
+    monkeypatch: pytest.MonkeyPatch, tiny_gemma3: Callable[..., torch.nn.Module]
 ) -> None:
     """The tuned kernel options (harness.attention, GPU-only) travel from the loss through transformers' decoder
     to flex attention's call. On this CPU none are tuned, so the options are forced and the call is observed
@@ -206,7 +206,7 @@ def test_flex_kernel_options_reach_the_attention_kernel(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward needs a CUDA device")
-def test_flex_gradients_equal_sdpas(tiny_gemma3: Callable[[], torch.nn.Module]) -> None:
+def test_flex_gradients_equal_sdpas(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
     """Every parameter's gradient through flex attention against sdpa with mask tensors, in fp32 (in bf16 the
     kernels' rounding differs by about 1% per tensor on a model this small), static and not, on packed rows and on
     rows of one example each. GPU only: flex attention has no backward on a CPU."""

@@ -193,7 +193,7 @@ def test_options_that_conflict_name_file_line_and_field(
         load_train_config(None, dict(yaml.safe_load(text)))
 
 
-def test_kept_activations_move_auto_attention_off_sdpa(tiny_gemma3: Callable[[], torch.nn.Module]) -> None:
+def test_kept_activations_move_auto_attention_off_sdpa(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
     """On a GPU, `attention: auto` with `keep_activations` gives flex attention (kept cuDNN sdpa outputs broke the
     gradients, BENCHMARKS.md runs 38-52). A tiny random Gemma 3 stands in: only its attention setting is read."""
     from adapters.trainer import _faster_attention
