@@ -31,14 +31,19 @@ import torch
 from common import CONFIGS, MODELS, emit, environment, run_isolated, tokenizer_dir, training_rows
 
 
-def build(config: Any, random_b: bool = True) -> Any:
-    from adapters.trainer import build_model
+def build(config: Any, random_b: bool = True, keep: float | None = None) -> Any:
+    """The trainer's model; with `keep`, its layers compiled under that partitioner budget (set here, not through
+    the config: the trainer refuses kept activations with sdpa on a GPU, the case under study)."""
+    from adapters.trainer import build_model, compile_layers
 
     model, _ = build_model(config)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
         if "lora_B" in name and random_b:  # peft starts B at zero: A would get no gradient
             parameter.data.normal_(std=0.02)
+    if keep is not None:
+        torch._functorch.config.activation_memory_budget = keep
+        compile_layers(model)
     return model.train()
 
 
@@ -63,7 +68,6 @@ def gradients(model: Any, batches: list[Any], step: Any, sync: bool = False) -> 
 def contender_row(folder: Path, args: argparse.Namespace, contender: str) -> dict[str, Any]:
     from adapters.graphs import eager_micro_step, micro_step
     from adapters.packing import collate
-    from adapters.trainer import compile_layers
 
     if "-blocking" in contender:  # read when the CUDA context is created: nothing has touched CUDA yet
         os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
@@ -83,9 +87,7 @@ def contender_row(folder: Path, args: argparse.Namespace, contender: str) -> dic
     if "-trainer" in contender:  # no eager model: the trainer's own steps, B from zero, as bench/train_speed.py
         return trainer_steps(config, args, batches, keep)
     eager = build(config)
-    compiled = build(config)
-    torch._functorch.config.activation_memory_budget = keep
-    compile_layers(compiled)
+    compiled = build(config, keep=keep)
     step = micro_step(compiled, cuda_graph="-graph" in contender)
     gradients(compiled, batches, step)  # the first call compiles (and warms up / captures a graph)
     optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-4) for m in (eager, compiled)]
@@ -105,11 +107,9 @@ def contender_row(folder: Path, args: argparse.Namespace, contender: str) -> dic
 
 def trainer_steps(config: Any, args: argparse.Namespace, batches: list[Any], keep: float) -> Any:
     from adapters.graphs import micro_step
-    from adapters.trainer import compile_layers, make_optimizer, train_step
+    from adapters.trainer import make_optimizer, train_step
 
-    model = build(config, random_b=False)
-    torch._functorch.config.activation_memory_budget = keep
-    compile_layers(model)
+    model = build(config, random_b=False, keep=keep)
     optimizer, scheduler = make_optimizer(model, config, 1000)
     step = micro_step(model, cuda_graph=True)
     records = [train_step(model, optimizer, scheduler, batches, config, step) for _ in range(args.steps + 1)]

@@ -71,13 +71,13 @@ def validate(
         return model.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
-        location = tuple(first["loc"])
+        location, message = tuple(first["loc"]), first["msg"]
         cause = first.get("ctx", {}).get("error")
         if isinstance(cause, FieldError):
-            location = (*location, cause.field)
+            location, message = (*location, cause.field), str(cause)
         in_file = path is not None and (from_file is None or (bool(location) and location[0] in from_file))
         raise HarnessError(
-            str(cause) if isinstance(cause, FieldError) else first["msg"],
+            message,
             path=path if in_file else None,
             line=yaml_line(root, location) if in_file else None,
             field=".".join(str(part) for part in location) or None,
