@@ -12,7 +12,7 @@ import torch
 
 from adapters.packing import Batch, attention_masks
 from adapters.tokenize import IGNORE_INDEX
-from harness.attention import flex_kernel_options
+from harness.attention import flex_kwargs
 from harness.compute import output_head
 from harness.headloss import summed_nll
 
@@ -40,13 +40,12 @@ def supervised_nll(model: Any, batch: Batch, packed: bool | None = None, static:
             # captured (it cannot read tensors then), which would make the compiled layers recompile mid-capture.
             causal_none = not packed and implementation == "sdpa"
             masks = attention_masks(model.config, batch.segment_ids, dtype, causal_none, flex)
-        options = flex_kernel_options(model.config, batch.input_ids.device) if flex else None
         hidden = decoder(
             input_ids=batch.input_ids,
             attention_mask=masks,
             position_ids=batch.position_ids,
             use_cache=False,
-            **({"kernel_options": options} if options else {}),
+            **flex_kwargs(model.config, batch.input_ids.device),
         )[0]
         if static:
             targets = batch.labels[:, 1:].reshape(-1)

@@ -7,7 +7,8 @@ configs; see bench/common.py).
 
 Perplexity: `--texts` random texts of at most `--seq` tokens (BOS first), `--batch` at a time. Contenders: ours
 (harness.compute.queue_rolling, driven as `harness run` drives it), ours-compile (decoder compiled), a `-chunked`
-suffix on either (the LM head in chunks instead of harness.head_kernel), hf (forward with `labels`, full logits;
+suffix on either (the LM head in chunks instead of harness.head_kernel), a `-deftiles` suffix (flex attention on
+torch's default tiles, not harness.attention's tuned ones), hf (forward with `labels`, full logits;
 tokenized before timing), lmeval (`HFLM.loglikelihood_rolling`). The perplexities must agree.
 Generation: `--prompts` prompts of 128 random tokens, `--new-tokens` greedy tokens each, one batch. Contenders:
 ours (harness.compute.generate), ours-compile (static KV cache, compiled decoding step), lmeval
@@ -51,11 +52,13 @@ def load_ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> Any
 
 
 def ppl_ours(checkpoint: Path, texts: list[str], args: argparse.Namespace, contender: str) -> tuple[float, int, Any]:
-    from harness import headloss
+    from harness import attention, headloss
     from harness.compute import queue_rolling
     from harness.runner import pipelined
 
     headloss.FUSED_KERNEL = "chunked" not in contender
+    if "deftiles" in contender:
+        attention._TUNED.clear()
     loaded = load_ours(checkpoint, args, contender)
     loaded.model  # noqa: B018 - load the weights before timing
 

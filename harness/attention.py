@@ -29,3 +29,11 @@ def flex_kernel_options(config: Any, device: torch.device) -> dict[str, int] | N
         return None
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return _TUNED.get((torch.cuda.get_device_capability(device), head_dim))
+
+
+def flex_kwargs(config: Any, device: torch.device) -> dict[str, Any]:
+    """The decoder call's extra arguments for flex attention's tuned tiles: empty unless the model runs flex
+    attention on a device with tuned options."""
+    flex = getattr(config, "_attn_implementation", None) == "flex_attention"
+    options = flex_kernel_options(config, device) if flex else None
+    return {"kernel_options": options} if options else {}

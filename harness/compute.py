@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from harness.attention import flex_kwargs
 from harness.headloss import token_nll
 from harness.models import LoadedModel
 from harness.registry import SampleStats
@@ -66,11 +67,11 @@ def scoring_decoder(decoder: torch.nn.Module, compile_: bool) -> Any:
         _COMPILED_DECODERS[decoder] = torch.compile(decoder)
     compiled = _COMPILED_DECODERS[decoder]
 
-    def call(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Any:
+    def call(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
         for tensor in (input_ids, attention_mask):
             for dim in (0, 1) if tensor is not None else ():
                 torch._dynamo.maybe_mark_dynamic(tensor, dim)
-        return compiled(input_ids=input_ids, attention_mask=attention_mask)
+        return compiled(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     return call
 
@@ -90,7 +91,8 @@ def _window_nll(
     # Without padding the mask is all ones: leave it out so attention can take the fused causal kernels.
     mask = None if bool(attention_mask.all()) else _to_device(attention_mask.long(), device)
     input_ids = _to_device(input_ids, device)
-    hidden = scoring_decoder(decoder, compile_)(input_ids=input_ids, attention_mask=mask)[0]
+    tiles = flex_kwargs(model.config, device)
+    hidden = scoring_decoder(decoder, compile_)(input_ids=input_ids, attention_mask=mask, **tiles)[0]
     # Scored positions found on the host: a nonzero() on the device would wait for the decoder to finish.
     scored = attention_mask & (columns[None, :] >= score_from[:, None])
     rows, positions = (_to_device(index, device) for index in scored.nonzero(as_tuple=True))

@@ -180,12 +180,13 @@ def test_flex_block_masks_give_the_dense_masks_losses(tiny_gemma3: Callable[...,
 def test_flex_kernel_options_reach_the_attention_kernel(
     monkeypatch: pytest.MonkeyPatch, tiny_gemma3: Callable[..., torch.nn.Module]
 ) -> None:
-    """The tuned kernel options (harness.attention, GPU-only) travel from the loss through transformers' decoder
-    to flex attention's call. On this CPU none are tuned, so the options are forced and the call is observed
-    (and passed on without them: CPU flex attention has no Triton tiles to set)."""
+    """The tuned kernel options (harness.attention, GPU-only) travel from the training loss and from perplexity
+    scoring through transformers' decoder to flex attention's call. On this CPU none are tuned, so the options are
+    forced and the call is observed (and passed on without them: CPU flex attention has no Triton tiles to set)."""
     from transformers.integrations import flex_attention as hf_flex
 
-    import adapters.loss
+    import harness.attention
+    from harness.compute import Window, _window_nll
 
     options = {"fwd_num_warps": 8}
     seen: list[object] = []
@@ -196,12 +197,15 @@ def test_flex_kernel_options_reach_the_attention_kernel(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", observed)
-    monkeypatch.setattr(adapters.loss, "flex_kernel_options", lambda config, device: options)
     model = tiny_gemma3()
     model.set_attn_implementation("flex_attention")
     with torch.no_grad():
+        _window_nll(model, 0, torch.device("cpu"), [Window(0, list(range(1, 21)), 1)])
+        assert seen == [None, None]  # not tuned for this device: torch's defaults
+        monkeypatch.setattr(harness.attention, "flex_kernel_options", lambda config, device: options)
         supervised_nll(model, collate([[_example(20, 5)]], pad_id=0), static=True)
-    assert seen == [options, options]  # both layers
+        _window_nll(model, 0, torch.device("cpu"), [Window(0, list(range(1, 21)), 1), Window(1, [3, 4, 5], 1)])
+    assert seen == [None, None] + [options] * 4  # both layers, the loss then a padded scoring batch
 
 
 @pytest.mark.gpu
