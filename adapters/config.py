@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.formats import DataFormatName
-from harness.models import Attention
+from harness.models import Attention, Device
 from harness.yamlfile import FieldError, read_mapping, validate
 
 
@@ -21,7 +21,7 @@ class TrainConfig(BaseModel):
     model: str = "gemma-3-270m"
     quant: Literal["nf4", "none"] = "nf4"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    device: str = "auto"
+    device: Device = "auto"
     data_format: DataFormatName = "auto"
     skip_bad_rows: bool = False
     train_on_prompt: bool = False

@@ -17,6 +17,7 @@ from rich.table import Column, Table
 from harness.errors import HarnessError
 from harness.models import ModelOptions
 from harness.record import RunResult
+from harness.yamlfile import first_message
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -227,7 +228,7 @@ def _model_options(**flags: str | bool) -> ModelOptions:
     except ValidationError as error:
         first = error.errors()[0]
         flag = "--model" if first["loc"][0] == "name" else f"--{first['loc'][0]}"
-        raise HarnessError(first["msg"], field=flag) from None
+        raise HarnessError(first_message(error), field=flag) from None
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from harness.attention import caps_attention
 from harness.embedded import EMBEDDED_MODEL, embedded_checkpoint_dir
@@ -29,6 +30,23 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 # compiled kernel.
 Attention = Literal["auto", "eager", "sdpa", "flex_attention"]
 
+
+def _usable_device(name: str) -> str:
+    """`auto`, `cpu`, `cuda` or `cuda:N`, checked against the devices torch sees here (these options are only ever
+    read from the user's flags and files, never from records written on another machine)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"expected auto, cpu, cuda or cuda:N, not {name!r}")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count()
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            seen = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
+            raise ValueError(f"{name} requested, but torch sees {seen} here: use auto or cpu")
+    return name
+
+
+Device = Annotated[str, AfterValidator(_usable_device)]
+
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 _ADAPTER_PATTERNS = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")
@@ -41,7 +59,7 @@ class ModelOptions(BaseModel):
 
     name: str = EMBEDDED_MODEL
     dtype: DType = "auto"
-    device: str = "auto"
+    device: Device = "auto"
     quant: Quant = "none"
     attention: Attention = "auto"
     compile: bool = False  # torch.compile the decoder for scoring; compiled static-cache decoding on a GPU

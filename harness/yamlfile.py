@@ -71,10 +71,10 @@ def validate(
         return model.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
-        location, message = tuple(first["loc"]), first["msg"]
+        location, message = tuple(first["loc"]), first_message(error)
         cause = first.get("ctx", {}).get("error")
         if isinstance(cause, FieldError):
-            location, message = (*location, cause.field), str(cause)
+            location = (*location, cause.field)
         in_file = path is not None and (from_file is None or (bool(location) and location[0] in from_file))
         raise HarnessError(
             message,
@@ -82,6 +82,13 @@ def validate(
             line=yaml_line(root, location) if in_file else None,
             field=".".join(str(part) for part in location) or None,
         ) from None
+
+
+def first_message(error: ValidationError) -> str:
+    """The first error's message; a validator's own ValueError without pydantic's "Value error, " prefix."""
+    first = error.errors()[0]
+    cause = first.get("ctx", {}).get("error")
+    return str(cause) if isinstance(cause, ValueError) else str(first["msg"])
 
 
 def load_model_file(path: Path, model: type[Model], what: str, defaults: dict[str, Any] | None = None) -> Model:

@@ -177,6 +177,7 @@ def test_cuda_graphs_without_a_gpu_name_the_field() -> None:
     [
         ("compile: true\nkeep_activations: 0.05\n", 2, "keep_activations", "applies to compiled, checkpointed"),
         ("device: cpu\nlora_r: 8\ncuda_graph: true\n", 3, "cuda_graph", "need a CUDA device"),
+        ("lora_r: 8\ndevice: cuda:64\n", 2, "device", "cuda:64 requested, but torch sees"),
     ],
 )
 def test_options_that_conflict_name_file_line_and_field(

@@ -161,3 +161,20 @@ def test_model_folder_that_is_not_a_model(task_dir: Callable[..., Path], tmp_pat
     )
     assert result.exit_code == 2
     assert "field '--model'" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", "expected auto, cpu, cuda or cuda:N, not 'gpu'"),
+        ("cuda:64", "cuda:64 requested, but torch sees"),  # no machine here has 65 GPUs
+    ],
+)
+def test_device_that_is_not_there_names_the_flag(device: str, message: str, tmp_path: Path) -> None:
+    """Checked before anything loads: a missing CUDA device is an error naming --device, not a torch traceback."""
+    result = CliRunner().invoke(app, ["run", "--tasks", "factual_qa", "--device", device, "--out", str(tmp_path / "r")])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, output
+    assert f"field '--device': {message}" in output, output
+    assert "Value error" not in output and "Traceback" not in output
+    assert not (tmp_path / "r").exists()
