@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-import re
 from typing import Annotated, Any, Literal
 
 import torch
