@@ -57,8 +57,10 @@ def train_command(
     _register_task_dirs(tasks_dir)
     adapter_dir = train(train_config, data, out, eval_path=eval_data, resume=resume, console=err_console)
     manifest = json.loads((adapter_dir / "manifest.json").read_text())
+    best = manifest["best_eval_loss"]
+    evaluated = f"best eval loss {best:.4f}" if best is not None else "no eval rows"
     console.print(
-        f"adapter: {adapter_dir}  steps {manifest['steps']}  best eval loss {manifest['best_eval_loss']}"
+        f"adapter: {adapter_dir}  steps {manifest['steps']}  {evaluated}"
         f"  {manifest['tokens_per_second']:.0f} tok/s  {manifest['wall_seconds']:.1f} s"
     )
 

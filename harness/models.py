@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import warnings
 from collections.abc import Iterator
@@ -46,6 +47,16 @@ def _usable_device(name: str) -> str:
 
 
 Device = Annotated[str, AfterValidator(_usable_device)]
+
+# bitsandbytes' CPU backend offers, when it is imported, a kernel downloaded from a hub (`pip install kernels`):
+# nothing may be fetched from a hub here, and its own kernel is the one measured and tested. (A logger made now
+# is the one bitsandbytes gets later.)
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: "from kernels-community" not in record.getMessage()
+)
+# peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: a warning about the two
+# libraries' versions, nothing the user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
