@@ -23,8 +23,9 @@ class FieldError(ValueError):
 
 
 def yaml_line(node: yaml.Node | None, location: tuple[int | str, ...]) -> int | None:
-    """1-based line in the YAML source of the value at a pydantic error location (best effort)."""
-    line = node.start_mark.line + 1 if node is not None else None
+    """1-based line in the YAML source of the value at a pydantic error location (best effort): where a key is
+    missing, the line of the mapping that lacks it, or none when that is the whole file."""
+    line = None
     for key in location:
         if isinstance(node, yaml.MappingNode):
             match = next((v for k, v in node.value if k.value == key), None)

@@ -178,3 +178,12 @@ def test_device_that_is_not_there_names_the_flag(device: str, message: str, tmp_
     assert f"field '--device': {message}" in output, output
     assert "Value error" not in output and "Traceback" not in output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_field_names_the_file_but_no_line(task_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """A key the file lacks has no line of its own: the error names the file and the field, not line 1."""
+    fields = {key: value for key, value in GOOD_FIELDS.items() if key != "reference_field"}
+    folder = task_dir("t", GOOD_ROWS, **fields)
+    code, output = run_cli(folder, "t", tmp_path / "runs")
+    assert code == 2, output
+    assert "t.yaml: field 'reference_field': a generate task needs reference_field" in output, output
