@@ -46,6 +46,11 @@ class TrainConfig(BaseModel):
     mlp_chunks: int = Field(
         1, gt=0, description="run each MLP on this many slices of the micro-batch's rows (less memory in backward)"
     )
+    lora_addmm: bool = Field(
+        False,
+        description="add each LoRA product inside its matmul (torch.addmm), scaled on the rank side: no separate "
+        "[tokens x width] LoRA outputs or scaled gradient copies (a compiled layer's backward needs less memory)",
+    )
     compile: bool = Field(False, description="torch.compile each decoder layer (GPU: fewer, fused kernels)")
     keep_activations: float = Field(
         0.0,

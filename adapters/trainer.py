@@ -24,6 +24,7 @@ from adapters import checkpoints
 from adapters.config import TrainConfig
 from adapters.data import TrainingData, prepare_training_data
 from adapters.graphs import MicroStep, micro_step
+from adapters.lora_addmm import use_lora_addmm
 from adapters.loss import supervised_nll
 from adapters.packing import Batch, collate, pack
 from adapters.tokenize import TokenizedExample
@@ -87,6 +88,8 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, lora)
+    if config.lora_addmm:
+        use_lora_addmm(model)
     if config.mlp_chunks > 1:
         chunk_mlps(model, config.mlp_chunks)
     if config.compile:

@@ -63,11 +63,12 @@ def random_ids(rows: int, length: int, seed: int = 0, high: int = 200_000) -> to
     return torch.randint(10, high, (rows, length), generator=torch.Generator().manual_seed(seed))
 
 
-def training_rows(rows: int, length: int, seed: int = 0) -> list[list[Any]]:
+def training_rows(rows: int, length: int, seed: int = 0, high: int = 200_000) -> list[list[Any]]:
     """`random_ids` as training rows of one example each, every position but the first supervised."""
     from adapters.tokenize import IGNORE_INDEX, TokenizedExample
 
-    return [[TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in random_ids(rows, length, seed).tolist()]
+    ids = random_ids(rows, length, seed, high).tolist()
+    return [[TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in ids]
 
 
 def synchronize(device: torch.device) -> None:

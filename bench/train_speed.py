@@ -18,6 +18,7 @@ from model load to the last step. Contenders:
   ...-mlpN            ... each MLP run on N slices of the micro-batch's rows (`mlp_chunks`)
   ...-keepN           ... compiled + checkpointing keeping N% of a layer's activations (`keep_activations`)
   ...-nocudnn         ... sdpa without cuDNN's attention kernels (flash / memory-efficient instead)
+  ...-addmm           ... LoRA products added inside their matmuls (`lora_addmm`; bench/layer_buffers.py)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 `--memory-report ours-...` records the allocator's history and writes what is allocated at the peak
 (bench/memory_peak.py).
@@ -87,6 +88,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         gradient_checkpointing="ckpt" in contender,
         mlp_chunks=option("mlp", 1),
         keep_activations=option("keep", 0) / 100,
+        lora_addmm="-addmm" in contender,
         compile="compile" in contender,
         cuda_graph="graph" in contender,
         attention=attention_of(contender, args),

@@ -1,0 +1,79 @@
+"""`lora_addmm`: LoRA products added inside their matmuls give peft's loss and gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters.config import TrainConfig
+from adapters.lora_addmm import use_lora_addmm
+from adapters.loss import supervised_nll
+from adapters.packing import collate
+from adapters.tokenize import TokenizedExample
+
+
+def _batch() -> object:
+    rows = [[TokenizedExample(input_ids=[(7 * i + 3 * row) % 500 + 1 for i in range(24)], labels=[5] * 24, line=1)]
+            for row in range(2)]  # fmt: skip
+    return collate(rows, pad_id=0)
+
+
+def _loss_and_gradients(model: torch.nn.Module) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = supervised_nll(model, _batch())  # type: ignore[arg-type]
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return float(loss), grads
+
+
+def _assert_same(
+    ours: tuple[float, dict[str, torch.Tensor]], peft: tuple[float, dict[str, torch.Tensor]], tol: float
+) -> None:
+    assert ours[0] == pytest.approx(peft[0], rel=tol)
+    assert ours[1].keys() == peft[1].keys() and any("lora_A" in name for name in peft[1])
+    for name, grad in peft[1].items():
+        relative = float((ours[1][name] - grad).norm() / grad.norm())
+        assert relative <= tol, f"{name}: {relative:.1e}"
+
+
+@pytest.mark.parametrize("alpha", [8, 12])  # scale 2 (a power of two: the same products) and 3
+def test_addmm_lora_gives_pefts_loss_and_gradients(tiny_gemma3: Callable[..., torch.nn.Module], alpha: int) -> None:
+    """fp32 LoRA (no quantization) on a tiny random Gemma 3 with random B (peft starts B at zero, which would leave
+    A without gradient): the addmm forward against peft's on the same weights."""
+    from peft import LoraConfig, get_peft_model
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        wrapped = get_peft_model(tiny_gemma3(width=64), LoraConfig(r=4, lora_alpha=alpha, target_modules="all-linear"))
+        for name, parameter in wrapped.named_parameters():
+            if "lora_B" in name:
+                parameter.data.normal_(std=0.1)
+        return wrapped.train()
+
+    peft, ours = model(), model()
+    assert use_lora_addmm(ours) == 14  # 7 projections x 2 layers
+    _assert_same(_loss_and_gradients(ours), _loss_and_gradients(peft), 1e-5)
+
+
+def test_addmm_lora_over_nf4_in_the_trainer(tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path) -> None:
+    """QLoRA as the trainer builds it (NF4 base through bitsandbytes' CPU backend, `lora_addmm: true`) against the
+    same config without it; dropout off so that both see the same inputs."""
+    from adapters.trainer import build_model
+
+    tiny_gemma3(width=64).save_pretrained(tmp_path / "tiny")
+    settings = {"model": str(tmp_path / "tiny"), "quant": "nf4", "device": "cpu", "lora_r": 4, "lora_dropout": 0.0}
+
+    def built(addmm: bool) -> torch.nn.Module:
+        model, _ = build_model(TrainConfig(**settings, lora_addmm=addmm))
+        torch.manual_seed(1)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.data.normal_(std=0.1)
+        return model.train()
+
+    ours, peft = built(True), built(False)
+    assert type(next(m for m in ours.modules() if hasattr(m, "lora_A"))).__name__ == "AddmmLinear4bit"
+    _assert_same(_loss_and_gradients(ours), _loss_and_gradients(peft), 1e-5)
