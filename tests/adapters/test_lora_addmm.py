@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from adapters.config import TrainConfig
 from adapters.lora_addmm import use_lora_addmm
@@ -54,7 +55,8 @@ def test_addmm_lora_gives_pefts_loss_and_gradients(tiny_gemma3: Callable[..., to
         return wrapped.train()
 
     peft, ours = model(), model()
-    assert use_lora_addmm(ours) == 14  # 7 projections x 2 layers
+    switched = use_lora_addmm(ours)
+    assert switched == 14  # 7 projections x 2 layers
     _assert_same(_loss_and_gradients(ours), _loss_and_gradients(peft), 1e-5)
 
 
@@ -77,3 +79,29 @@ def test_addmm_lora_over_nf4_in_the_trainer(tiny_gemma3: Callable[..., torch.nn.
     ours, peft = built(True), built(False)
     assert type(next(m for m in ours.modules() if hasattr(m, "lora_A"))).__name__ == "AddmmLinear4bit"
     _assert_same(_loss_and_gradients(ours), _loss_and_gradients(peft), 1e-5)
+    for model, folder in ((ours, "ours"), (peft, "peft")):  # the saved adapter is peft's own
+        model.save_pretrained(tmp_path / folder)
+    saved = [load_file(tmp_path / folder / "adapter_model.safetensors") for folder in ("ours", "peft")]
+    assert saved[0].keys() == saved[1].keys() and all(torch.equal(saved[0][k], saved[1][k]) for k in saved[1])
+
+
+def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
+    """The configuration `lora_addmm` is for: decoder layers compiled with the partitioner recomputing everything
+    (`compile` + `gradient_checkpointing`), on the CPU here (GPU: tests/adapters/test_graphs.py adds CUDA graphs).
+    Both models compiled, so that only the LoRA forward differs."""
+    from peft import LoraConfig, get_peft_model
+
+    from adapters.trainer import compile_layers
+
+    def compiled(addmm: bool) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = get_peft_model(
+            tiny_gemma3(width=64), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        )
+        if addmm:
+            use_lora_addmm(model)
+        compile_layers(model)
+        return model.train()
+
+    with torch._functorch.config.patch(activation_memory_budget=0.0):
+        _assert_same(_loss_and_gradients(compiled(True)), _loss_and_gradients(compiled(False)), 1e-5)
