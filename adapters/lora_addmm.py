@@ -21,11 +21,17 @@ def use_lora_addmm(model: Any) -> int:
     """Switch every LoRA linear layer of `model` to the addmm forward; returns how many were switched. The layers
     change class rather than module, all of one base class to one class, so compiled layers still share graphs."""
     from peft.tuners.lora import Linear
-    from peft.tuners.lora.bnb import Linear4bit
 
+    classes: tuple[type, ...] = (Linear,)
+    try:  # peft defines its NF4 LoRA layer only where bitsandbytes is installed (the `quant` extra)
+        from peft.tuners.lora.bnb import Linear4bit
+
+        classes += (Linear4bit,)
+    except ImportError:
+        pass
     switched = 0
     for module in model.modules():
-        if type(module) in (Linear, Linear4bit):
+        if type(module) in classes:
             module.__class__ = _addmm_class(module.__class__)
             switched += 1
     return switched
