@@ -28,17 +28,28 @@ if str(REPO_ROOT) not in sys.path:  # run as `python bench/x.py`: import the pro
     sys.path.insert(0, str(REPO_ROOT))
 
 
-def random_checkpoint(name: str, folder: Path) -> Path:
-    """A checkpoint folder (bf16 weights, seeded random init, the Gemma 3 tokenizer) built from a real config."""
+def random_checkpoint(
+    name: str, folder: Path, layers: int | None = None, vocab: int | None = None, tokenizer: bool = True
+) -> Path:
+    """A checkpoint folder (bf16 weights, seeded random init, the Gemma 3 tokenizer) built from a real config;
+    `layers`: only the last that many decoder layers (Gemma's layer pattern ends on a full-attention layer);
+    `vocab`: a smaller vocabulary, for work that leaves the LM head out; `tokenizer`: whether to add it."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if (folder / "config.json").exists():
         return folder
     config = AutoConfig.from_pretrained(CONFIGS / f"{name}.json")
+    if layers is not None:
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[-layers:]
+    if vocab is not None:
+        config.vocab_size = vocab
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(folder)
+    if tokenizer:
+        AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(folder)
     return folder
 
 

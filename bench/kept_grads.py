@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import CONFIGS, MODELS, emit, environment, run_isolated, tokenizer_dir, training_rows
+from common import MODELS, emit, environment, random_checkpoint, run_isolated, training_rows
 
 
 def build(config: Any, random_b: bool = True, keep: float | None = None) -> Any:
@@ -137,16 +137,8 @@ def main() -> None:
         emit({"what": "kept_grads", "contender": contender, **shape, **result}, args.out)
         return
     emit(environment(), args.out)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     with tempfile.TemporaryDirectory() as scratch:
-        config = AutoConfig.from_pretrained(CONFIGS / f"{args.model}.json")
-        config.num_hidden_layers = args.layers
-        if getattr(config, "layer_types", None):
-            config.layer_types = config.layer_types[-args.layers :]  # ends on a full-attention layer
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(scratch)
-        AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(scratch)
+        random_checkpoint(args.model, Path(scratch), layers=args.layers)
         for contender in args.contenders.split(","):
             run_isolated(__file__, sys.argv[1:], ["--contenders", contender, "--checkpoint", scratch])
     print(json.dumps({"done": True}))

@@ -25,21 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import CONFIGS, emit, environment, run_isolated, training_rows
+from common import emit, environment, random_checkpoint, run_isolated, training_rows
 
 VOCAB = 4096  # small: the LM head is not part of the compiled layers under study
-
-
-def random_layers(model: str, layers: int, folder: Path) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(CONFIGS / f"{model}.json")
-    config.num_hidden_layers, config.vocab_size = layers, VOCAB
-    if getattr(config, "layer_types", None):
-        config.layer_types = ["sliding_attention", "full_attention"][:layers]
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
-    return folder
 
 
 def backward_peaks(code: list[str]) -> list[tuple[int, list[int]]]:
@@ -113,7 +101,7 @@ def main() -> None:
         return
     emit(environment(), args.out)
     with tempfile.TemporaryDirectory() as scratch:
-        folder = random_layers(args.model, args.layers, Path(scratch))
+        folder = random_checkpoint(args.model, Path(scratch), layers=args.layers, vocab=VOCAB, tokenizer=False)
         for contender in args.contenders.split(","):  # each in its own process: no compiled graph carried over
             rows = run_isolated(__file__, sys.argv[1:], ["--contenders", contender, "--checkpoint", str(folder)])
             if args.out is not None:  # the child printed them
