@@ -17,7 +17,7 @@ from rich.table import Column, Table
 from harness.errors import HarnessError
 from harness.models import ModelOptions
 from harness.record import RunResult
-from harness.yamlfile import first_message
+from harness.yamlfile import first_error
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -226,9 +226,9 @@ def _model_options(**flags: str | bool) -> ModelOptions:
     try:
         return ModelOptions.model_validate(flags)
     except ValidationError as error:
-        first = error.errors()[0]
-        flag = "--model" if first["loc"][0] == "name" else f"--{first['loc'][0]}"
-        raise HarnessError(first_message(error), field=flag) from None
+        location, message = first_error(error)
+        flag = "--model" if location[0] == "name" else f"--{location[0]}"
+        raise HarnessError(message, field=flag) from None
 
 
 def main() -> None:

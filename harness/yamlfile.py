@@ -71,11 +71,7 @@ def validate(
     try:
         return model.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        location, message = tuple(first["loc"]), first_message(error)
-        cause = first.get("ctx", {}).get("error")
-        if isinstance(cause, FieldError):
-            location = (*location, cause.field)
+        location, message = first_error(error)
         in_file = path is not None and (from_file is None or (bool(location) and location[0] in from_file))
         raise HarnessError(
             message,
@@ -85,11 +81,14 @@ def validate(
         ) from None
 
 
-def first_message(error: ValidationError) -> str:
-    """The first error's message; a validator's own ValueError without pydantic's "Value error, " prefix."""
+def first_error(error: ValidationError) -> tuple[tuple[int | str, ...], str]:
+    """The first error's location (a FieldError's field appended) and message (a validator's own ValueError
+    without pydantic's "Value error, " prefix)."""
     first = error.errors()[0]
-    cause = first.get("ctx", {}).get("error")
-    return str(cause) if isinstance(cause, ValueError) else str(first["msg"])
+    location, cause = tuple(first["loc"]), first.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):
+        location = (*location, cause.field)
+    return location, str(cause) if isinstance(cause, ValueError) else str(first["msg"])
 
 
 def load_model_file(path: Path, model: type[Model], what: str, defaults: dict[str, Any] | None = None) -> Model:
