@@ -19,6 +19,7 @@ from model load to the last step. Contenders:
   ...-keepN           ... compiled + checkpointing keeping N% of a layer's activations (`keep_activations`)
   ...-nocudnn         ... sdpa without cuDNN's attention kernels (flash / memory-efficient instead)
   ...-addmm           ... LoRA products added inside their matmuls (`lora_addmm`; bench/layer_buffers.py)
+  ...-fp32            ... computing in float32 (a reference for the bf16 contenders' losses)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 `--memory-report ours-...` records the allocator's history and writes what is allocated at the peak
 (bench/memory_peak.py).
@@ -79,6 +80,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         model=str(checkpoint),
         quant=args.quant,
         device=args.device,
+        dtype="float32" if "-fp32" in contender else "auto",
         lora_r=LORA["r"],
         lora_alpha=LORA["alpha"],
         lora_dropout=0.0,
