@@ -22,10 +22,12 @@ from adapters.trainer import make_optimizer, train_step
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def tiny_lora_model(tiny_gemma3: Callable[..., torch.nn.Module], attention: str) -> torch.nn.Module:
+def tiny_lora_model(
+    tiny_gemma3: Callable[..., torch.nn.Module], attention: str, dtype: torch.dtype = torch.bfloat16
+) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    base = tiny_gemma3(attention, width=64, vocab=1024).to("cuda", torch.bfloat16).train()
+    base = tiny_gemma3(attention, width=64, vocab=1024).to("cuda", dtype).train()
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
     return get_peft_model(base, lora)
 
@@ -105,25 +107,36 @@ def test_kept_activations_give_the_recomputed_gradients(tiny_gemma3: Callable[..
         assert 0 < got["grad_norm"] < 10, step
 
 
-def test_addmm_lora_under_graphs_gives_pefts_steps(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
-    """`lora_addmm` as it is meant to run: compiled layers recomputing everything, flex attention, CUDA graphs,
-    two micro-batches per step; against peft's forward in the same setting, weights fixed as in the test above
-    (bf16: the addmm rounds the LoRA product once, inside the matmul, where peft rounds it before the add)."""
+def test_addmm_lora_under_graphs_is_as_exact_as_pefts_forward(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
+    """`lora_addmm` as it is meant to run (compiled layers recomputing everything, CUDA graphs, two micro-batches
+    per step) against the same steps in float32, beside peft's own forward in bf16, eager: every step's loss and
+    gradient norm, weights fixed as in the test above. The addmm rounds each projection's output to bf16 once, as
+    peft's eager forward does. On an H100 (2026-11-25) the gradient norms were 1.1-1.8% from float32's, peft's
+    eager 1.6-2.0%, peft's compiled 0.1-3.5% (inductor fuses its float32 LoRA product into the consumers
+    unrounded: another rounding, so not the yardstick). Sdpa: flex attention in float32 ran past 5 minutes."""
     from adapters.lora_addmm import use_lora_addmm
     from adapters.trainer import compile_layers
 
     config = STEPS_CONFIG.model_copy(update={"learning_rate": 1e-9})
-    runs = []
-    for addmm in (False, True):
+    runs = {}
+    for name, dtype, addmm in (
+        ("float32", torch.float32, False),
+        ("peft", torch.bfloat16, False),
+        ("addmm", torch.bfloat16, True),
+    ):
         torch._dynamo.reset()
-        model = tiny_lora_model(tiny_gemma3, "flex_attention")
+        model = tiny_lora_model(tiny_gemma3, "sdpa", dtype)
         if addmm:
-            switched = use_lora_addmm(model)
-            assert switched == 14  # 7 projections x 2 layers
-        compile_layers(model)
+            assert use_lora_addmm(model) == 14  # 7 projections x 2 layers
+            compile_layers(model)
         with torch._functorch.config.patch(activation_memory_budget=0.0):
-            runs.append(run_steps(model, graphed=True, config=config)[0])
-    for step, (expected, got) in enumerate(zip(*runs, strict=True)):
-        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-3), step
-        assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-2), step
-        assert got["grad_norm"] > 0, step
+            runs[name] = run_steps(model, graphed=addmm, config=config)[0]
+
+    def errors(name: str, key: str) -> list[float]:
+        return [abs(got[key] / want[key] - 1) for got, want in zip(runs[name], runs["float32"], strict=True)]
+
+    report = {f"{name} {key}": errors(name, key) for name in ("peft", "addmm") for key in ("loss", "grad_norm")}
+    assert max(report["addmm loss"]) < 1e-3, report
+    assert max(report["addmm grad_norm"]) < 3e-2, report  # a wrong scale or a lost adapter is far outside
+    assert sum(report["addmm grad_norm"]) <= 2 * sum(report["peft grad_norm"]) + 1e-2, report
+    assert all(r["grad_norm"] > 0 for r in runs["addmm"])
