@@ -113,8 +113,8 @@ def test_addmm_lora_under_graphs_is_as_exact_as_pefts_forward(tiny_gemma3: Calla
     gradient norm, weights fixed as in the test above. The addmm rounds each projection's output to bf16 once, as
     peft's eager forward of plain LoRA does. On an H100 (2026-11-25) the gradient norms were 1.1-1.8% from
     float32's, peft's eager 1.6-2.0%, peft's compiled 0.1-3.5% (inductor fuses its float32 LoRA product into the
-    consumers unrounded: another rounding, so not the yardstick). Sdpa: flex attention in float32 ran past 5
-    minutes."""
+    consumers unrounded: another rounding, so not the yardstick). Sdpa: with flex attention the test did not end
+    within 5 minutes on the H100 (the float32 run suspected, not pinned down)."""
     from adapters.lora_addmm import use_lora_addmm
     from adapters.trainer import compile_layers
 
