@@ -82,6 +82,14 @@ def training_rows(rows: int, length: int, seed: int = 0, high: int = 200_000) ->
     return [[TokenizedExample(row, [IGNORE_INDEX, *row[1:]], 0)] for row in ids]
 
 
+def random_lora_b(model: Any, std: float = 0.02, seed: int = 1) -> None:
+    """peft starts LoRA's B at zero, which leaves A without a gradient: draw B at random (seeded) instead."""
+    torch.manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(std=std)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import MODELS, emit, environment, random_checkpoint, run_isolated, training_rows
+from common import MODELS, emit, environment, random_checkpoint, random_lora_b, run_isolated, training_rows
 
 
 def build(config: Any, random_b: bool = True, keep: float | None = None) -> Any:
@@ -37,10 +37,8 @@ def build(config: Any, random_b: bool = True, keep: float | None = None) -> Any:
     from adapters.trainer import build_model, compile_layers
 
     model, _ = build_model(config)
-    torch.manual_seed(1)
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name and random_b:  # peft starts B at zero: A would get no gradient
-            parameter.data.normal_(std=0.02)
+    if random_b:
+        random_lora_b(model)
     if keep is not None:
         torch._functorch.config.activation_memory_budget = keep
         compile_layers(model)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import emit, environment, random_checkpoint, run_isolated, training_rows
+from common import emit, environment, random_checkpoint, random_lora_b, run_isolated, training_rows
 
 VOCAB = 4096  # small: the LM head is not part of the compiled layers under study
 
@@ -70,10 +70,7 @@ def contender_row(folder: Path, args: argparse.Namespace, contender: str) -> dic
     config = TrainConfig(model=str(folder), quant="nf4", device="cpu", compile=True, gradient_checkpointing=True,
                          lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_addmm=contender == "addmm")  # fmt: skip
     model, _ = build_model(config)
-    torch.manual_seed(1)
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at zero: some gradients would be zero
-            parameter.data.normal_(std=0.02)
+    random_lora_b(model)
     batch = collate(training_rows(args.rows, args.seq, seed=0, high=VOCAB), pad_id=0, shape=(args.rows, args.seq))
     loss = supervised_nll(model.train(), batch, static=True)
     loss.backward()

@@ -22,6 +22,13 @@ def _batch() -> object:
     return collate(rows, pad_id=0)
 
 
+def _random_b(model: torch.nn.Module) -> None:
+    """peft starts B at zero, which would leave A without a gradient."""
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(std=0.1)
+
+
 def _loss_and_gradients(model: torch.nn.Module) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     loss = supervised_nll(model, _batch())  # type: ignore[arg-type]
@@ -42,16 +49,14 @@ def _assert_same(
 
 @pytest.mark.parametrize("alpha", [8, 12])  # scale 2 (a power of two: the same products) and 3
 def test_addmm_lora_gives_pefts_loss_and_gradients(tiny_gemma3: Callable[..., torch.nn.Module], alpha: int) -> None:
-    """fp32 LoRA (no quantization) on a tiny random Gemma 3 with random B (peft starts B at zero, which would leave
-    A without gradient): the addmm forward against peft's on the same weights."""
+    """fp32 LoRA (no quantization) on a tiny random Gemma 3 with random B: the addmm forward against peft's on the
+    same weights."""
     from peft import LoraConfig, get_peft_model
 
     def model() -> torch.nn.Module:
         torch.manual_seed(0)
         wrapped = get_peft_model(tiny_gemma3(width=64), LoraConfig(r=4, lora_alpha=alpha, target_modules="all-linear"))
-        for name, parameter in wrapped.named_parameters():
-            if "lora_B" in name:
-                parameter.data.normal_(std=0.1)
+        _random_b(wrapped)
         return wrapped.train()
 
     peft, ours = model(), model()
@@ -71,9 +76,7 @@ def test_addmm_lora_over_nf4_in_the_trainer(tiny_gemma3: Callable[..., torch.nn.
     def built(addmm: bool) -> torch.nn.Module:
         model, _ = build_model(TrainConfig(**settings, lora_addmm=addmm))
         torch.manual_seed(1)
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.data.normal_(std=0.1)
+        _random_b(model)
         return model.train()
 
     ours, peft = built(True), built(False)
