@@ -42,7 +42,8 @@ def _feedback(sample: SampleRecord) -> list[Any]:
 
 
 def export_run(run: RunResult, project: str | None = None, dataset_prefix: str = "harness") -> ExportSummary:
-    """Send the run to Opik through its SDK: dataset -> experiment -> traces with scores -> items -> flush."""
+    """Send the run to Opik through its SDK: per task dataset -> experiment -> traces with scores -> flush -> items;
+    a last flush."""
     if not opik_configured():
         raise HarnessError(
             "Opik is not configured",
@@ -85,6 +86,9 @@ def export_run(run: RunResult, project: str | None = None, dataset_prefix: str =
                 feedback_scores=_feedback(sample),
             )
             references.append(ExperimentItemReferences(dataset_item_id=item_id, trace_id=trace.id))
+        # The SDK batches traces on a timer but streams experiment items at once: without this flush an item
+        # could reach the server before the trace it links.
+        client.flush()
         experiment.insert(references)
         experiments[task_name] = experiment_name
         items += len(references)
