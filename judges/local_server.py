@@ -53,7 +53,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise HarnessError(f"the local judge server exited with code {process.returncode}", path=log_path)
+            raise HarnessError(f"the local judge server {_ended(process.returncode)}", path=log_path)
         try:
             with urllib.request.urlopen(f"{url}/models", timeout=1):
                 return
@@ -62,9 +62,17 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, time
     raise HarnessError(f"the local judge server did not answer within {timeout:.0f} s", path=log_path)
 
 
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
+
+
 @contextlib.contextmanager
 def local_judge(log_path: Path, n_ctx: int = 4096, timeout: float = 120.0) -> Iterator[LocalJudge]:
-    """Run the local judge server for the duration of the block; it is stopped by PID (and its group)."""
+    """Run the local judge server for the duration of the block; it is stopped by PID (and its group). A server
+    that died while the block ran is an error when the block ends: every judgment after its death was recorded as
+    a connection error, and the log says why it died."""
     port = free_port()
     command = [
         sys.executable,
@@ -89,6 +97,7 @@ def local_judge(log_path: Path, n_ctx: int = 4096, timeout: float = 120.0) -> It
         _wait_ready(url, process, log_path, timeout)
         identity = f"local:{LOCAL_MODEL}:{hash_file(smollm2_path())[:16]}"
         yield LocalJudge(base_url=url, model=LOCAL_MODEL, pid=process.pid, identity=identity)
+        died = process.poll()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -97,3 +106,8 @@ def local_judge(log_path: Path, n_ctx: int = 4096, timeout: float = 120.0) -> It
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    if died is not None:
+        raise HarnessError(
+            f"the local judge server {_ended(died)} while in use: judgments after that are recorded as errors",
+            path=log_path,
+        )

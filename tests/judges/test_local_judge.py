@@ -1,10 +1,14 @@
 """End to end against the real local judge (llama.cpp server + SmolLM2-135M-Instruct) and the real embedded Gemma:
-`harness run` with judges, a cached re-run with zero judge calls, pairwise judging of two runs, and the API key
-appearing in no file the harness writes."""
+`harness run` with judges, a cached re-run with zero judge calls, pairwise judging of two runs, the API key
+appearing in no file the harness writes, and a server killed while in use."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +17,8 @@ import yaml
 from typer.testing import CliRunner
 
 from harness.cli import app
-from judges.local_server import LocalJudge
+from harness.errors import HarnessError
+from judges.local_server import LocalJudge, local_judge
 
 ROWS = [
     {"id": "france", "question": "Question: What is the capital of France?\nAnswer:", "answer": "Paris"},
@@ -152,3 +157,23 @@ def test_the_api_key_is_never_written(
     assert any(path.name.startswith("cache.sqlite") for path in written)
     for path in written:
         assert key.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_a_server_killed_in_use_is_an_error_naming_its_log(tmp_path: Path) -> None:
+    """kill -9 of the real server inside the block (as a crash of llama.cpp would end it): leaving the block says
+    how it ended and where its log is, instead of a run whose every judgment is a connection error."""
+    log = tmp_path / "server.log"
+    with pytest.raises(HarnessError, match="killed by SIGKILL while in use") as caught, local_judge(log) as server:
+        os.kill(server.pid, signal.SIGKILL)
+        while _answers(server.base_url):  # the socket closes once the process is gone
+            time.sleep(0.1)
+    assert str(caught.value).startswith(f"{log}: ")
+
+
+def _answers(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=1):
+            return True
+    except OSError:
+        return False
