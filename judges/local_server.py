@@ -49,16 +49,23 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def answers(url: str) -> bool:
+    """Whether an OpenAI-compatible server answers at `url` (its model list)."""
+    try:
+        with urllib.request.urlopen(f"{url}/models", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise HarnessError(f"the local judge server {_ended(process.returncode)}", path=log_path)
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
+        if answers(url):
+            return
+        time.sleep(0.2)
     raise HarnessError(f"the local judge server did not answer within {timeout:.0f} s", path=log_path)
 
 

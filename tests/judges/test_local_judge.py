@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import HarnessError
-from judges.local_server import LocalJudge, local_judge
+from judges.local_server import LocalJudge, answers, local_judge
 
 ROWS = [
     {"id": "france", "question": "Question: What is the capital of France?\nAnswer:", "answer": "Paris"},
@@ -166,14 +165,6 @@ def test_a_server_killed_in_use_is_an_error_naming_its_log(tmp_path: Path) -> No
     log = tmp_path / "server.log"
     with pytest.raises(HarnessError, match="killed by SIGKILL while in use") as caught, local_judge(log) as server:
         os.kill(server.pid, signal.SIGKILL)
-        while _answers(server.base_url):  # the socket closes once the process is gone
+        while answers(server.base_url):  # the socket closes once the process is gone
             time.sleep(0.1)
     assert str(caught.value).startswith(f"{log}: ")
-
-
-def _answers(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/models", timeout=1):
-            return True
-    except OSError:
-        return False
