@@ -20,6 +20,7 @@ from model load to the last step. Contenders:
   ...-nocudnn         ... sdpa without cuDNN's attention kernels (flash / memory-efficient instead)
   ...-addmm           ... LoRA products added inside their matmuls (`lora_addmm`; bench/layer_buffers.py)
   ...-fp32            ... computing in float32 (a reference for the bf16 contenders' losses)
+  ...-autotune        ... compiled layers under inductor's max-autotune (Triton matmul templates, epilogues fused)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
 `--memory-report ours-...` records the allocator's history and writes what is allocated at the peak
 (bench/memory_peak.py).
@@ -75,6 +76,11 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     accumulation = option("accum", 1)
     if "-nocudnn" in contender:
         torch.backends.cuda.enable_cudnn_sdp(False)
+    if "-autotune" in contender:  # what torch.compile(mode="max-autotune-no-cudagraphs") sets
+        import torch._inductor.config as inductor
+
+        inductor.max_autotune = True
+        inductor.coordinate_descent_tuning = True
     assert args.batch % accumulation == 0, f"{args.batch} sequences do not split into {accumulation} micro-batches"
     config = TrainConfig(
         model=str(checkpoint),
