@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapters.config import TrainConfig
-from adapters.lora_addmm import use_lora_addmm
+from adapters.lora_addmm import lora_linear, use_lora_addmm
 from adapters.loss import supervised_nll
 from adapters.packing import collate
 from adapters.tokenize import TokenizedExample
@@ -81,7 +81,11 @@ def test_addmm_lora_over_nf4_in_the_trainer(tiny_gemma3: Callable[..., torch.nn.
 
     ours, peft = built(True), built(False)
     assert type(next(m for m in ours.modules() if hasattr(m, "lora_A"))).__name__ == "AddmmLinear4bit"
-    _assert_same(_loss_and_gradients(ours), _loss_and_gradients(peft), 1e-5)
+    with torch.profiler.profile() as profile:
+        got = _loss_and_gradients(ours)
+    fused = [event for event in profile.key_averages() if event.key == "adapters::lora_linear"]
+    assert fused and fused[0].count == 14  # every NF4 projection through the one operator
+    _assert_same(got, _loss_and_gradients(peft), 1e-5)
     for model, folder in ((ours, "ours"), (peft, "peft")):  # the saved adapter is peft's own
         model.save_pretrained(tmp_path / folder)
     saved = [load_file(tmp_path / folder / "adapter_model.safetensors") for folder in ("ours", "peft")]
@@ -108,3 +112,14 @@ def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., t
 
     with torch._functorch.config.patch(activation_memory_budget=0.0):
         _assert_same(_loss_and_gradients(compiled(True)), _loss_and_gradients(compiled(False)), 1e-5)
+
+
+def test_lora_linear_operator_registrations() -> None:
+    """The fused operator's fake (shape) function and autograd formula, as torch.compile sees them
+    (`torch.library.opcheck`), and its value against the two products summed."""
+    torch.manual_seed(0)
+    x, weight, inner, lora_b = (torch.randn(shape, dtype=torch.float64) for shape in ((6, 5), (3, 5), (6, 2), (3, 2)))
+    x.requires_grad_(), inner.requires_grad_(), lora_b.requires_grad_()
+    torch.library.opcheck(lora_linear, (x, weight, inner, lora_b))
+    assert torch.allclose(lora_linear(x, weight, inner, lora_b), x @ weight.T + inner @ lora_b.T)
+    assert torch.autograd.gradcheck(lora_linear, (x, weight, inner, lora_b))
