@@ -95,20 +95,21 @@ def _addmm_class(lora_class: Any) -> Any:
         if self.disable_adapters or self.merged or self.lora_variant or biased or "adapter_names" in kwargs or args:
             return lora_class.forward(self, x, *args, **kwargs)  # what training never does: peft's own path
         active = [n for n in self.active_adapters if n in self.lora_A]
-        cast = not torch.is_autocast_enabled()  # under autocast the matmuls pick their own dtype
+        autocast = torch.is_autocast_enabled(x.device.type)  # under autocast the matmuls pick their own dtype
         products = []
         for name in active:
             lora_a, weight = self.lora_A[name], self.lora_B[name].weight
-            inner = lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype) if cast else x)) * self.scaling[name]
+            inner = lora_a(self.lora_dropout[name](x if autocast else x.to(lora_a.weight.dtype))) * self.scaling[name]
             products.append((inner.reshape(-1, inner.shape[-1]), weight))
-        dense = _dense_weight(self.base_layer, x.dtype) if cast and len(active) == 1 and not kwargs else None
+        dtype = products[0][0].dtype if autocast and products else x.dtype  # autocast's pick for the rank side
+        dense = _dense_weight(self.base_layer, dtype) if len(active) == 1 and not kwargs else None
         if dense is not None:
             inner, weight = products[0]
-            flat = lora_linear(x.reshape(-1, x.shape[-1]), dense, inner.to(x.dtype), weight.to(x.dtype))
+            flat = lora_linear(x.reshape(-1, x.shape[-1]).to(dtype), dense, inner.to(dtype), weight.to(dtype))
             return flat.view(*x.shape[:-1], flat.shape[-1])
         result = self.base_layer(x, **kwargs)
         for inner, weight in products:
-            if cast:
+            if not autocast:
                 inner, weight = inner.to(result.dtype), weight.to(result.dtype)
             flat = torch.addmm(result.reshape(-1, result.shape[-1]), inner, weight.t())
             result = flat.view(result.shape)

@@ -92,6 +92,42 @@ def test_addmm_lora_over_nf4_in_the_trainer(tiny_gemma3: Callable[..., torch.nn.
     assert saved[0].keys() == saved[1].keys() and all(torch.equal(saved[0][k], saved[1][k]) for k in saved[1])
 
 
+def test_addmm_lora_under_autocast_takes_the_fused_operator(
+    tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the loss runs under bf16 autocast (adapters/loss.py), where the LoRA weights stay fp32: the fused
+    operator must be taken there too (a first version fell back to the base layer and addmm under autocast). CPU
+    autocast here, NF4 through bitsandbytes' CPU backend: the fused operator gives the unfused addmm's loss and
+    gradients bit for bit, and against float32 (no autocast) it is no further off than peft's own forward."""
+    import adapters.lora_addmm as lora_addmm
+    from adapters.trainer import build_model
+
+    tiny_gemma3(width=64).save_pretrained(tmp_path / "tiny")
+
+    def run(addmm: bool, dtype: str = "bfloat16") -> tuple[float, dict[str, torch.Tensor]]:
+        config = TrainConfig(model=str(tmp_path / "tiny"), quant="nf4", device="cpu", dtype=dtype, lora_r=4,
+                             lora_dropout=0.0, lora_addmm=addmm)  # fmt: skip
+        model, _ = build_model(config)
+        torch.manual_seed(1)
+        _random_b(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            return _loss_and_gradients(model.train())
+
+    with torch.profiler.profile() as profile:
+        fused = run(True)
+    assert any(event.key == "adapters::lora_linear" for event in profile.key_averages())
+    reference, peft = run(False, "float32"), run(False)
+    monkeypatch.setattr(lora_addmm, "_dense_weight", lambda base, dtype: None)
+    unfused = run(True)
+    assert fused[0] == unfused[0] and all(torch.equal(fused[1][k], unfused[1][k]) for k in unfused[1])
+
+    def error(got: tuple[float, dict[str, torch.Tensor]]) -> float:
+        return max(float((got[1][k] - want).norm() / want.norm()) for k, want in reference[1].items())
+
+    assert fused[0] == pytest.approx(reference[0], rel=1e-3)
+    assert error(fused) <= error(peft) * 1.1
+
+
 def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
     """The configuration `lora_addmm` is for: decoder layers compiled with the partitioner recomputing everything
     (`compile` + `gradient_checkpointing`), on the CPU here (GPU: tests/adapters/test_graphs.py adds CUDA graphs).
