@@ -49,7 +49,8 @@ class TrainConfig(BaseModel):
     lora_addmm: bool = Field(
         False,
         description="add each LoRA product into its base matmul's output in place, scaled on the rank side: "
-        "no separate [tokens x width] LoRA outputs or scaled gradient copies (a compiled layer's backward needs less memory)",
+        "no separate [tokens x width] LoRA outputs or scaled gradient copies (a compiled layer's backward needs less "
+        "memory)",
     )
     compile: bool = Field(False, description="torch.compile each decoder layer (GPU: fewer, fused kernels)")
     keep_activations: float = Field(
