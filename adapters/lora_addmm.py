@@ -12,7 +12,10 @@ Where the base layer is a plain or an NF4 linear layer without bias, base and Lo
 `lora_linear`, opaque to the compiler: `torch.addmm(base_output, ...)` compiled writes a new tensor, so inductor
 copied every base output before the matmul added to it (one device-to-device copy per projection, forward and
 recompute: 2.1 ms of a 59 ms step for the 270M, 11 ms of 319 for the 2B shape on an H200, run 62's profiles);
-the operator adds in place into the output it has just computed.
+the operator adds in place into the output it has just computed. Where a projection widens its input (out > in + r:
+Gemma's q, gate and up), adding into the output costs more than widening the input: the LoRA product joins the base
+matmul as r more columns, `[x | inner] @ [weight | lora_b]^T`, one matmul over a copy of [tokens x (in + r)] instead
+of a second pass over [tokens x out] (and in the backward one matmul gives the gradients of both x and inner).
 """
 
 from __future__ import annotations
@@ -22,11 +25,22 @@ from typing import Any
 
 import torch
 
+WIDEN = True  # False: every product added into the output (bench/train_speed.py -nowiden compares)
+
+
+def _widened(weight: torch.Tensor, lora_b: torch.Tensor) -> bool:
+    """Whether the LoRA product goes in as more input columns (copying the inputs moves 2 x tokens x (in + r)
+    elements) rather than into the output (reading and writing it again moves 2 x tokens x out)."""
+    return WIDEN and weight.shape[0] > weight.shape[1] + lora_b.shape[1]
+
 
 @torch.library.custom_op("adapters::lora_linear", mutates_args=())
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, inner: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
-    """`x @ weight^T + inner @ lora_b^T` for 2-D `x` [tokens x in] and `inner` [tokens x r], with the second product
-    accumulated into the first's output (cuBLAS's beta = 1), not into a copy of it."""
+    """`x @ weight^T + inner @ lora_b^T` for 2-D `x` [tokens x in] and `inner` [tokens x r]: one matmul over the
+    inputs side by side where the projection widens, else the second product accumulated into the first's output
+    (cuBLAS's beta = 1), not into a copy of it."""
+    if _widened(weight, lora_b):
+        return torch.mm(torch.cat([x, inner], dim=1), torch.cat([weight, lora_b], dim=1).t())
     return torch.mm(x, weight.t()).addmm_(inner, lora_b.t())
 
 
@@ -42,12 +56,13 @@ def _setup(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> 
 def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     x, weight, inner, lora_b = ctx.saved_tensors
     wanted = ctx.needs_input_grad
-    return (
-        grad @ weight if wanted[0] else None,
-        grad.t() @ x if wanted[1] else None,
-        grad @ lora_b if wanted[2] else None,
-        grad.t() @ inner if wanted[3] else None,
-    )
+    grad_x = grad_inner = None
+    if _widened(weight, lora_b) and wanted[0] and wanted[2]:
+        grad_x, grad_inner = (grad @ torch.cat([weight, lora_b], dim=1)).split([x.shape[1], inner.shape[1]], dim=1)
+    else:
+        grad_x = grad @ weight if wanted[0] else None
+        grad_inner = grad @ lora_b if wanted[2] else None
+    return grad_x, grad.t() @ x if wanted[1] else None, grad_inner, grad.t() @ inner if wanted[3] else None
 
 
 lora_linear.register_autograd(_backward, setup_context=_setup)

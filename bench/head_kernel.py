@@ -3,6 +3,10 @@ the kernel, the plain cuBLAS head matmul alone (what the unfused head spends bef
 chunked path (matmul + compiled log-sum-exp per chunk). Random bf16 inputs of the real shapes.
 
     python bench/head_kernel.py --configs 128x128x64w8s3v16,128x256x64w8s3v16
+
+`--lse SLICExBLOCKwWARPS,...` times training's log-sum-exp of given logits instead (harness.head_kernel's
+logits_logsumexp against the compiled two-stage reduction it replaces, and the logits' gradient kernel, which reads
+and writes the logits once, as a yardstick of the memory's speed) on one 256-row chunk of bf16 logits.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 
+import common  # noqa: F401  (puts this checkout on the import path)
 import torch
 
 DEFAULTS = (0, 0, 64, 8, 3, 16)  # "auto": the tiles harness.head_kernel picks by hidden size
@@ -59,11 +64,46 @@ def compare(model: str, dim: int, vocab: int, rows: int, configs: list[str]) -> 
             print(f"{model:>17} kernel {config}: {repr(failure)[:200]}", flush=True)
 
 
+def compare_lse(model: str, vocab: int, rows: int, configs: list[str], softcap: float | None) -> None:
+    from harness import head_kernel, headloss
+
+    logits = (torch.randn(rows, vocab, device="cuda") * 4).bfloat16()
+    targets = torch.randint(0, vocab, (rows,), device="cuda")
+    reference = torch.logsumexp(headloss._capped(logits, softcap).double(), dim=-1)
+    gigabytes = logits.numel() * logits.element_size() / 1e9
+    label = f"{model} {rows}x{vocab}" + (f" cap {softcap:g}" if softcap else "")
+
+    def report(what: str, ms: float, passes: int = 1, error: float | None = None) -> None:
+        agree = "" if error is None else f"  max |lse - fp64| = {error:.1e}"
+        print(f"{label:>28} {what:>22}: {ms * 1e3:7.1f} us  {passes * gigabytes / ms:5.2f} TB/s{agree}", flush=True)
+
+    compiled = headloss._compiled(headloss._nll_and_lse)
+    error = float((compiled(logits, targets, softcap)[1] - reference).abs().max())
+    report("compiled two-stage", timed_ms(lambda: compiled(logits, targets, softcap)), error=error)
+    lse = reference.float()
+    dlogits = headloss._compiled(headloss._dlogits)
+    report("gradient (read+write)", timed_ms(lambda: dlogits(logits, lse, targets, softcap)), passes=2)
+    for config in configs:
+        head_kernel.LSE_SLICE, head_kernel.LSE_BLOCK, head_kernel.LSE_WARPS = map(int, re.findall(r"\d+", config))
+        try:
+            error = float((head_kernel.logits_logsumexp(logits, softcap) - reference).abs().max())
+            ms = timed_ms(lambda: headloss._nll_and_lse_kernel(logits, targets, softcap))
+            report(f"kernel {config}", ms, error=error)
+        except Exception as failure:
+            print(f"{label:>28} kernel {config}: {repr(failure)[:200]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=16_384)
     parser.add_argument("--configs", default=CONFIGS, help="tiles MxNxK, warps, stages, minimum vocabulary splits")
+    parser.add_argument("--lse", default="", help="log-sum-exp settings SLICExBLOCKwWARPS (training's head)")
     args = parser.parse_args()
+    if args.lse:
+        for model, (_, vocab) in SHAPES.items():
+            for softcap in (None, 30.0) if model == "gemma-2-2b-shape" else (None,):
+                compare_lse(model, vocab, 256, args.lse.split(","), softcap)
+        return
     for model, (dim, vocab) in SHAPES.items():
         compare(model, dim, vocab, args.rows, args.configs.split(","))
 

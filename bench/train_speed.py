@@ -13,12 +13,14 @@ from model load to the last step. Contenders:
   ...-graph           any of ours with `cuda_graph: true` (each micro-batch's forward and backward one CUDA graph)
   ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (harness.headloss.LOGIT_CHUNK_BYTES)
   ...-lseN            ... the head's log-sum-exp in N slices of the vocabulary (harness.headloss.LSE_SLICES)
+  ...-inductorlse     ... that log-sum-exp compiled by inductor, not harness.head_kernel's (headloss.LSE_KERNEL)
   ...-accumN          ... the step's sequences in N micro-batches (gradient accumulation; the same step)
   ...-sdpa, -eager, -flex   ... with that attention instead of `--attention`
   ...-mlpN            ... each MLP run on N slices of the micro-batch's rows (`mlp_chunks`)
   ...-keepN           ... compiled + checkpointing keeping N% of a layer's activations (`keep_activations`)
   ...-nocudnn         ... sdpa without cuDNN's attention kernels (flash / memory-efficient instead)
   ...-addmm           ... LoRA products added inside their matmuls (`lora_addmm`; bench/layer_buffers.py)
+  ...-nowiden         ... -addmm with every product added into the output (adapters.lora_addmm.WIDEN off)
   ...-fp32            ... computing in float32 (a reference for the bf16 contenders' losses)
   ...-autotune        ... compiled layers under inductor's max-autotune (Triton matmul templates, epilogues fused)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
@@ -61,6 +63,7 @@ def attention_of(contender: str, args: argparse.Namespace) -> str:
 
 
 def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str, Any]:
+    from adapters import lora_addmm
     from adapters.config import TrainConfig
     from adapters.graphs import micro_step
     from adapters.packing import collate
@@ -73,6 +76,8 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
 
     headloss.LOGIT_CHUNK_BYTES = option("chunk", headloss.LOGIT_CHUNK_BYTES // 2**20) * 2**20
     headloss.LSE_SLICES = option("lse", headloss.LSE_SLICES)
+    headloss.LSE_KERNEL = "-inductorlse" not in contender
+    lora_addmm.WIDEN = "-nowiden" not in contender
     accumulation = option("accum", 1)
     if "-nocudnn" in contender:
         torch.backends.cuda.enable_cudnn_sdp(False)

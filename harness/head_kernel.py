@@ -8,7 +8,11 @@ blocks: those blocks' hidden states stay in L2 while the head's weight streams p
 a 2B model's hidden states for 16k rows overflow L2 and are re-read from memory for every vocabulary tile). The
 splits' partial sums are combined afterwards. Logits stay fp32 from the matmul's accumulator on.
 
-Imported only where Triton is installed (GPU machines; the tests run the kernel in Triton's CPU interpreter).
+Training writes each chunk's logits anyway (its gradient needs them): `logits_logsumexp` is the row log-sum-exp of
+given logits in one read, each program folding a slice of a row into a running max and sum; compiled, inductor's
+reduction read a 256-row chunk of Gemma 3's bf16 logits at about a third of the memory's speed.
+
+Imported only where Triton is installed (GPU machines; the tests run the kernels in Triton's CPU interpreter).
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ BLOCK_N: int | None = None
 BLOCK_K, WARPS, STAGES = 64, 8, 3
 MIN_SPLITS = 16  # vocabulary splits per row block: 16 runs ~8 row blocks at a time on an H100
 PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _softcapped(logits, softcap):
+    """Gemma 2's final soft-cap, softcap * tanh(logits / softcap), with tanh written with exp."""
+    return softcap * (1.0 - 2.0 / (tl.exp(2.0 * logits / softcap) + 1.0))
 
 
 @triton.jit
@@ -66,8 +76,8 @@ def _partial_lse(
                 other=0.0,
             )
             logits = tl.dot(h, w, logits, input_precision=PRECISION)
-        if HAS_SOFTCAP:  # Gemma 2: softcap * tanh(logits / softcap), tanh written with exp
-            logits = softcap * (1.0 - 2.0 / (tl.exp(2.0 * logits / softcap) + 1.0))
+        if HAS_SOFTCAP:
+            logits = _softcapped(logits, softcap)
         logits = tl.where(offs_n[None, :] < end, logits, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(logits, 1))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
@@ -95,6 +105,11 @@ def linear_logsumexp(hidden: torch.Tensor, weight: torch.Tensor, softcap: float 
         HAS_SOFTCAP=bool(softcap), PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, num_warps=WARPS, num_stages=STAGES,
     )  # fmt: skip
+    return _combined(part_max, part_sum)
+
+
+def _combined(part_max: torch.Tensor, part_sum: torch.Tensor) -> torch.Tensor:
+    """The log-sum-exp of whole rows from the running maxima and sums of their splits [splits x rows]."""
     overall = part_max.max(dim=0).values
     return overall + torch.log((part_sum * torch.exp(part_max - overall)).sum(dim=0))
 
@@ -111,3 +126,55 @@ def linear_nll(
 
 def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+# Row slices per program and elements per load of logits_logsumexp; bench/head_kernel.py --lse times others.
+LSE_SLICE, LSE_BLOCK, LSE_WARPS = 16_384, 4096, 8
+
+
+@triton.jit
+def _slice_lse(
+    logits,
+    part_max,
+    part_sum,
+    rows,
+    vocab,
+    row_stride,
+    slice_size,
+    softcap,
+    HAS_SOFTCAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Running max and sum of exp(logit - max) of one row over one slice of the vocabulary, in one read."""
+    row, part = tl.program_id(0), tl.program_id(1)
+    first = part * slice_size
+    end = tl.minimum(first + slice_size, vocab)
+    start_of_row = logits + row.to(tl.int64) * row_stride
+    running_max = tl.max(tl.full([BLOCK], float("-inf"), tl.float32), 0)
+    running_sum = tl.sum(tl.zeros([BLOCK], tl.float32), 0)
+    for start in range(first, end, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        block = tl.load(start_of_row + offs, mask=offs < end, other=float("-inf")).to(tl.float32)
+        if HAS_SOFTCAP:
+            block = tl.where(offs < end, _softcapped(block, softcap), float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(block, 0))
+        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(block - new_max), 0)
+        running_max = new_max
+    tl.store(part_max + part * rows + row, running_max)
+    tl.store(part_sum + part * rows + row, running_sum)
+
+
+def logits_logsumexp(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """logsumexp(softcap(logits), dim=-1) in fp32 for logits [rows, vocab] whose rows are contiguous."""
+    (rows, vocab), slice_size = logits.shape, LSE_SLICE
+    assert logits.stride(1) == 1, "the kernel reads each row as one run of memory"
+    if rows == 0:
+        return logits.new_zeros(0, dtype=torch.float32)
+    slices = triton.cdiv(vocab, slice_size)
+    part_max = torch.empty(slices, rows, dtype=torch.float32, device=logits.device)
+    part_sum = torch.empty_like(part_max)
+    _slice_lse[(rows, slices)](
+        logits, part_max, part_sum, rows, vocab, logits.stride(0), slice_size, float(softcap or 1.0),
+        HAS_SOFTCAP=bool(softcap), BLOCK=min(LSE_BLOCK, triton.next_power_of_2(slice_size)), num_warps=LSE_WARPS,
+    )  # fmt: skip
+    return _combined(part_max, part_sum)

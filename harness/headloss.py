@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 LOGIT_CHUNK_BYTES = 256 * 2**20
 LSE_SLICES = 64
 FUSED_KERNEL = True  # scoring on a GPU through harness.head_kernel; False keeps the chunked path (for comparisons)
+LSE_KERNEL = True  # training's head on a GPU: the log-sum-exp through harness.head_kernel; False: compiled here
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -88,6 +89,18 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return rows_dynamic
 
 
+def _nll_and_lse_kernel(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, ...]:
+    """_nll_and_lse with the log-sum-exp in one read of the logits (harness.head_kernel.logits_logsumexp)."""
+    from harness.head_kernel import logits_logsumexp
+
+    lse = logits_logsumexp(logits, softcap)
+    return lse - _capped(logits.gather(1, targets[:, None])[:, 0], softcap), lse
+
+
+def _triton_on(tensor: torch.Tensor) -> bool:
+    return tensor.is_cuda and importlib.util.find_spec("triton") is not None
+
+
 def _kernel(fn: Callable[..., Any], tensor: torch.Tensor) -> Callable[..., Any]:
     """On a GPU, `fn` compiled: the upcast, soft-cap, log-sum-exp and gather read the bf16 logits once instead of
     materialising fp32 copies (which made the head's chunks memory-bound). On a CPU, eager."""
@@ -102,7 +115,7 @@ def token_nll(
     On a GPU with Triton, a plain linear head goes through harness.head_kernel, which never writes the logits.
     Otherwise the head runs in chunks; on a GPU they are 4x larger: the compiled kernel keeps no fp32 copy and
     nothing is kept for a backward pass."""
-    if FUSED_KERNEL and hidden.is_cuda and _plain_linear(head) and importlib.util.find_spec("triton") is not None:
+    if FUSED_KERNEL and _plain_linear(head) and _triton_on(hidden):
         from harness.head_kernel import linear_nll
 
         with torch.no_grad():
@@ -181,7 +194,8 @@ class _FusedHeadNLL(torch.autograd.Function):
         row_weights: torch.Tensor | None,
     ) -> torch.Tensor:
         rows = chunk_rows(weight.shape[0])
-        nll_and_lse, dlogits_of = _kernel(_nll_and_lse, hidden), _kernel(_dlogits, hidden)
+        nll_and_lse = _nll_and_lse_kernel if LSE_KERNEL and _triton_on(hidden) else _kernel(_nll_and_lse, hidden)
+        dlogits_of = _kernel(_dlogits, hidden)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], rows):

@@ -97,8 +97,9 @@ def test_addmm_lora_under_autocast_takes_the_fused_operator(
 ) -> None:
     """On a GPU the loss runs under bf16 autocast (adapters/loss.py), where the LoRA weights stay fp32: the fused
     operator must be taken there too (a first version fell back to the base layer and addmm under autocast). CPU
-    autocast here, NF4 through bitsandbytes' CPU backend: the fused operator gives the unfused addmm's loss and
-    gradients bit for bit, and against float32 (no autocast) it is no further off than peft's own forward."""
+    autocast here, NF4 through bitsandbytes' CPU backend: against float32 (no autocast) the fused operator is no
+    further off than the unfused addmm or peft's own forward (it rounds a widening projection's output once, where
+    they round the base product and then the sum)."""
     import adapters.lora_addmm as lora_addmm
     from adapters.trainer import build_model
 
@@ -119,13 +120,13 @@ def test_addmm_lora_under_autocast_takes_the_fused_operator(
     reference, peft = run(False, "float32"), run(False)
     monkeypatch.setattr(lora_addmm, "_dense_weight", lambda base, dtype: None)
     unfused = run(True)
-    assert fused[0] == unfused[0] and all(torch.equal(fused[1][k], unfused[1][k]) for k in unfused[1])
 
     def error(got: tuple[float, dict[str, torch.Tensor]]) -> float:
         return max(float((got[1][k] - want).norm() / want.norm()) for k, want in reference[1].items())
 
     assert fused[0] == pytest.approx(reference[0], rel=1e-3)
-    assert error(fused) <= error(peft) * 1.1
+    assert fused[1].keys() == unfused[1].keys() == reference[1].keys()
+    assert error(fused) <= min(error(peft), error(unfused)) * 1.1
 
 
 def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
@@ -154,8 +155,10 @@ def test_lora_linear_operator_registrations() -> None:
     """The fused operator's fake (shape) function and autograd formula, as torch.compile sees them
     (`torch.library.opcheck`), and its value against the two products summed."""
     torch.manual_seed(0)
-    x, weight, inner, lora_b = (torch.randn(shape, dtype=torch.float64) for shape in ((6, 5), (3, 5), (6, 2), (3, 2)))
-    x.requires_grad_(), inner.requires_grad_(), lora_b.requires_grad_()
-    torch.library.opcheck(lora_linear, (x, weight, inner, lora_b))
-    assert torch.allclose(lora_linear(x, weight, inner, lora_b), x @ weight.T + inner @ lora_b.T)
-    assert torch.autograd.gradcheck(lora_linear, (x, weight, inner, lora_b))
+    for out in (3, 8):  # narrowing (the product added into the output) and widening (inputs side by side)
+        shapes = ((6, 5), (out, 5), (6, 2), (out, 2))
+        x, weight, inner, lora_b = (torch.randn(shape, dtype=torch.float64) for shape in shapes)
+        x.requires_grad_(), inner.requires_grad_(), lora_b.requires_grad_()
+        torch.library.opcheck(lora_linear, (x, weight, inner, lora_b))
+        assert torch.allclose(lora_linear(x, weight, inner, lora_b), x @ weight.T + inner @ lora_b.T)
+        assert torch.autograd.gradcheck(lora_linear, (x, weight, inner, lora_b))

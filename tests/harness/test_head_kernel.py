@@ -1,4 +1,5 @@
-"""The fused LM-head log-sum-exp kernel (harness.head_kernel) against full logits in float64.
+"""The LM-head log-sum-exp kernels (harness.head_kernel) against full logits in float64: scoring's, fused into the
+head's matmul, and training's, over given logits.
 
 On the CPU the kernel runs in Triton's interpreter (fp32 inputs: the interpreter's bf16 matmul is wrong on CPUs, a
 limitation of the interpreter, not of the kernel); the bf16 check at Gemma's real vocabulary needs a GPU."""
@@ -35,16 +36,53 @@ assert linear_nll(torch.zeros(0, 8), torch.ones(10, 8), torch.zeros(0, dtype=tor
 """
 
 
-@pytest.mark.skipif(
+LSE_CASES = """
+import torch
+from harness import head_kernel, headloss
+
+head_kernel.LSE_SLICE, head_kernel.LSE_BLOCK = 300, 128  # several slices and loads per row, the last ones partial
+generator = torch.Generator().manual_seed(0)
+for rows, vocab, softcap in [(3, 1000, None), (5, 700, 30.0), (2, 128, None), (4, 301, None)]:
+    wide = torch.randn(rows, vocab + 7, generator=generator) * 8
+    logits = wide[:, :vocab]  # rows a stride apart that is not the vocabulary
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    capped = torch.tanh(logits.double() / softcap) * softcap if softcap else logits.double()
+    want_lse = torch.logsumexp(capped, dim=-1)
+    want_nll = torch.nn.functional.cross_entropy(capped, targets, reduction="none")
+    nll, lse = headloss._nll_and_lse_kernel(logits, targets, softcap)
+    errors = float((lse.double() - want_lse).abs().max()), float((nll.double() - want_nll).abs().max())
+    print(rows, vocab, softcap, max(errors), float(want_lse.abs().max()))
+assert head_kernel.logits_logsumexp(torch.zeros(0, 9), None).shape == (0,)
+"""
+
+INTERPRETER_SKIP = pytest.mark.skipif(
     torch.cuda.is_available(),
-    reason="a GPU runs the compiled kernel below; the interpreter of the Triton that CUDA torch 2.11 ships (3.6) "
+    reason="a GPU runs the compiled kernels; the interpreter of the Triton that CUDA torch 2.11 ships (3.6) "
     "cannot index a range by a tensor bound, which 3.9's can",
 )
-def test_kernel_matches_full_logits_in_the_interpreter() -> None:
+
+
+def _interpreted(cases: str) -> list[str]:
+    """Runs `cases` with Triton's CPU interpreter; the lines it printed."""
     env = os.environ | {"TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(CASES)], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(cases)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.split("\n")[:-1]
+    return done.stdout.split("\n")[:-1]
+
+
+@INTERPRETER_SKIP
+def test_logits_logsumexp_matches_float64_in_the_interpreter() -> None:
+    """Training's log-sum-exp of given logits, and the NLL beside it (the path the fused head loss takes on a GPU)."""
+    lines = _interpreted(LSE_CASES)
+    assert len(lines) == 4
+    for line in lines:
+        *_, error, scale = map(float, line.split()[-2:])
+        assert error < 1e-5 * max(1.0, scale), line
+
+
+@INTERPRETER_SKIP
+def test_kernel_matches_full_logits_in_the_interpreter() -> None:
+    lines = _interpreted(CASES)
     assert len(lines) == 3
     for line in lines:
         *_, error, scale = map(float, line.split()[-2:])
@@ -73,3 +111,21 @@ def test_bf16_kernel_at_gemma_vocabulary(softcap: float | None, monkeypatch: pyt
     monkeypatch.setattr(headloss, "FUSED_KERNEL", False)
     chunked = headloss.token_nll(hidden, targets, head, softcap)  # bf16 logits: rounded before the log-sum-exp
     assert (chunked.double() - expected).abs().max() < 1e-2 * expected.abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("vocab", "softcap"), [(262_144, None), (256_000, 30.0)])
+def test_bf16_logits_logsumexp_at_gemma_vocabulary(vocab: int, softcap: float | None) -> None:
+    """Training's log-sum-exp of a chunk of bf16 logits: against float64 and against the compiled reduction that it
+    replaced (harness.headloss._nll_and_lse), with the NLL beside it."""
+    from harness import headloss
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    logits = (torch.randn(256, vocab, generator=generator, device="cuda") * 4).bfloat16()
+    targets = torch.randint(0, vocab, (256,), generator=generator, device="cuda")
+    capped = headloss._capped(logits, softcap).double()
+    nll, lse = headloss._nll_and_lse_kernel(logits, targets, softcap)
+    assert (lse.double() - torch.logsumexp(capped, dim=-1)).abs().max() < 1e-5 * capped.abs().max()
+    compiled_nll, compiled_lse = headloss._compiled(headloss._nll_and_lse)(logits, targets, softcap)
+    assert (lse - compiled_lse).abs().max() < 1e-4 and (nll - compiled_nll).abs().max() < 1e-4
