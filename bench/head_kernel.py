@@ -4,9 +4,10 @@ chunked path (matmul + compiled log-sum-exp per chunk). Random bf16 inputs of th
 
     python bench/head_kernel.py --configs 128x128x64w8s3v16,128x256x64w8s3v16
 
-`--lse SLICExBLOCKwWARPS,...` times training's log-sum-exp of given logits instead (harness.head_kernel's
-logits_logsumexp against the compiled two-stage reduction it replaces, and the logits' gradient kernel, which reads
-and writes the logits once, as a yardstick of the memory's speed) on one 256-row chunk of bf16 logits.
+`--lse SLICExBLOCKwWARPS,...` times training's log-sum-exp of given logits instead, under CUDA graphs as in
+training (harness.head_kernel's logits_nll_and_lse against the compiled two-stage reduction it replaces, and the
+logits' gradient kernel, which reads and writes the logits once, as a yardstick of the memory's speed) on one
+256-row chunk of bf16 logits.
 """
 
 from __future__ import annotations
@@ -24,13 +25,22 @@ CONFIGS = (
 SHAPES = {"gemma-3-270m": (640, 262_144), "gemma-2-2b-shape": (2304, 256_000)}
 
 
-def timed_ms(fn: object, repeats: int = 10) -> float:
+def timed_ms(fn: object, repeats: int = 10, graph: bool = False) -> float:
+    """Milliseconds per call of `fn` after one warm-up call; `graph`: the calls captured as one CUDA graph and
+    replayed, so that the launches of small kernels do not count (as in a CUDA-graphed training step)."""
     fn()  # type: ignore[operator]
     torch.cuda.synchronize()
+    replay = fn
+    if graph:
+        captured = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(captured):
+            for _ in range(repeats):
+                fn()  # type: ignore[operator]
+        replay = captured.replay
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(repeats):
-        fn()  # type: ignore[operator]
+    for _ in range(1 if graph else repeats):
+        replay()  # type: ignore[operator]
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / repeats
@@ -79,15 +89,15 @@ def compare_lse(model: str, vocab: int, rows: int, configs: list[str], softcap: 
 
     compiled = headloss._compiled(headloss._nll_and_lse)
     error = float((compiled(logits, targets, softcap)[1] - reference).abs().max())
-    report("compiled two-stage", timed_ms(lambda: compiled(logits, targets, softcap)), error=error)
+    report("compiled two-stage", timed_ms(lambda: compiled(logits, targets, softcap), graph=True), error=error)
     lse = reference.float()
     dlogits = headloss._compiled(headloss._dlogits)
-    report("gradient (read+write)", timed_ms(lambda: dlogits(logits, lse, targets, softcap)), passes=2)
+    report("gradient (read+write)", timed_ms(lambda: dlogits(logits, lse, targets, softcap), graph=True), passes=2)
     for config in configs:
         head_kernel.LSE_SLICE, head_kernel.LSE_BLOCK, head_kernel.LSE_WARPS = map(int, re.findall(r"\d+", config))
         try:
-            error = float((head_kernel.logits_logsumexp(logits, softcap) - reference).abs().max())
-            ms = timed_ms(lambda: headloss._nll_and_lse_kernel(logits, targets, softcap))
+            error = float((head_kernel.logits_nll_and_lse(logits, targets, softcap)[1] - reference).abs().max())
+            ms = timed_ms(lambda: headloss._nll_and_lse_kernel(logits, targets, softcap), graph=True)
             report(f"kernel {config}", ms, error=error)
         except Exception as failure:
             print(f"{label:>28} kernel {config}: {repr(failure)[:200]}", flush=True)

@@ -8,7 +8,7 @@ blocks: those blocks' hidden states stay in L2 while the head's weight streams p
 a 2B model's hidden states for 16k rows overflow L2 and are re-read from memory for every vocabulary tile). The
 splits' partial sums are combined afterwards. Logits stay fp32 from the matmul's accumulator on.
 
-Training writes each chunk's logits anyway (its gradient needs them): `logits_logsumexp` is the row log-sum-exp of
+Training writes each chunk's logits anyway (its gradient needs them): `logits_nll_and_lse` is the row log-sum-exp of
 given logits in one read, each program folding a slice of a row into a running max and sum; compiled, inductor's
 reduction read a 256-row chunk of Gemma 3's bf16 logits at about a third of the memory's speed.
 
@@ -128,7 +128,7 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-# Row slices per program and elements per load of logits_logsumexp; bench/head_kernel.py --lse times others.
+# Row slices per program and elements per load of logits_nll_and_lse; bench/head_kernel.py --lse times others.
 LSE_SLICE, LSE_BLOCK, LSE_WARPS = 16_384, 4096, 8
 
 
@@ -164,17 +164,62 @@ def _slice_lse(
     tl.store(part_sum + part * rows + row, running_sum)
 
 
-def logits_logsumexp(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    """logsumexp(softcap(logits), dim=-1) in fp32 for logits [rows, vocab] whose rows are contiguous."""
+@triton.jit
+def _rows_nll(
+    part_max,
+    part_sum,
+    logits,
+    targets,
+    nll,
+    lse,
+    rows,
+    slices,
+    row_stride,
+    softcap,
+    HAS_SOFTCAP: tl.constexpr,
+    SLICES: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+):
+    """Rows' log-sum-exp from their slices' running maxima and sums, and their NLL of the target token."""
+    offs_r = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    offs_s = tl.arange(0, SLICES)
+    in_rows = offs_r < rows
+    parts = offs_s[:, None] * rows + offs_r[None, :]
+    mask = (offs_s[:, None] < slices) & in_rows[None, :]
+    maxima = tl.load(part_max + parts, mask=mask, other=float("-inf"))
+    overall = tl.max(maxima, 0)
+    sums = tl.load(part_sum + parts, mask=mask, other=0.0) * tl.exp(maxima - overall[None, :])
+    row_lse = overall + tl.log(tl.sum(sums, 0))
+    target = tl.load(targets + offs_r, mask=in_rows, other=0)
+    picked = tl.load(logits + offs_r.to(tl.int64) * row_stride + target, mask=in_rows, other=0.0).to(tl.float32)
+    if HAS_SOFTCAP:
+        picked = _softcapped(picked, softcap)
+    tl.store(lse + offs_r, row_lse, mask=in_rows)
+    tl.store(nll + offs_r, row_lse - picked, mask=in_rows)
+
+
+def logits_nll_and_lse(
+    logits: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row NLL of `targets` and log-sum-exp, both fp32, under softcap(logits) for logits [rows, vocab] whose
+    rows are contiguous: two launches, the slices' pass over the logits and one that combines the slices and
+    picks each row's target logit (as separate torch operations these were half a dozen launches per chunk)."""
     (rows, vocab), slice_size = logits.shape, LSE_SLICE
     assert logits.stride(1) == 1, "the kernel reads each row as one run of memory"
+    nll, lse = (torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(2))
     if rows == 0:
-        return logits.new_zeros(0, dtype=torch.float32)
+        return nll, lse
     slices = triton.cdiv(vocab, slice_size)
     part_max = torch.empty(slices, rows, dtype=torch.float32, device=logits.device)
     part_sum = torch.empty_like(part_max)
+    capped, cap = bool(softcap), float(softcap or 1.0)
     _slice_lse[(rows, slices)](
-        logits, part_max, part_sum, rows, vocab, logits.stride(0), slice_size, float(softcap or 1.0),
-        HAS_SOFTCAP=bool(softcap), BLOCK=min(LSE_BLOCK, triton.next_power_of_2(slice_size)), num_warps=LSE_WARPS,
+        logits, part_max, part_sum, rows, vocab, logits.stride(0), slice_size, cap, HAS_SOFTCAP=capped,
+        BLOCK=min(LSE_BLOCK, triton.next_power_of_2(slice_size)), num_warps=LSE_WARPS,
     )  # fmt: skip
-    return _combined(part_max, part_sum)
+    block_rows = 64
+    _rows_nll[(triton.cdiv(rows, block_rows),)](
+        part_max, part_sum, logits, targets, nll, lse, rows, slices, logits.stride(0), cap, HAS_SOFTCAP=capped,
+        SLICES=triton.next_power_of_2(slices), BLOCK_ROWS=block_rows,
+    )  # fmt: skip
+    return nll, lse

@@ -90,11 +90,10 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _nll_and_lse_kernel(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, ...]:
-    """_nll_and_lse with the log-sum-exp in one read of the logits (harness.head_kernel.logits_logsumexp)."""
-    from harness.head_kernel import logits_logsumexp
+    """_nll_and_lse with the log-sum-exp in one read of the logits (harness.head_kernel.logits_nll_and_lse)."""
+    from harness.head_kernel import logits_nll_and_lse
 
-    lse = logits_logsumexp(logits, softcap)
-    return lse - _capped(logits.gather(1, targets[:, None])[:, 0], softcap), lse
+    return logits_nll_and_lse(logits, targets, softcap)
 
 
 def _triton_on(tensor: torch.Tensor) -> bool:
