@@ -48,9 +48,9 @@ class TrainConfig(BaseModel):
     )
     lora_addmm: bool = Field(
         False,
-        description="add each LoRA product into its base matmul's output in place, scaled on the rank side: "
-        "no separate [tokens x width] LoRA outputs or scaled gradient copies (a compiled layer's backward needs less "
-        "memory)",
+        description="compute each LoRA product with its base matmul, scaled on the rank side (as more input columns "
+        "where the projection widens, else added into the output in place): no separate [tokens x width] LoRA "
+        "outputs or scaled gradient copies (a compiled layer's backward needs less memory)",
     )
     compile: bool = Field(False, description="torch.compile each decoder layer (GPU: fewer, fused kernels)")
     keep_activations: float = Field(
