@@ -105,6 +105,9 @@ def local_judge(log_path: Path, n_ctx: int = 4096, timeout: float = 120.0) -> It
         identity = f"local:{LOCAL_MODEL}:{hash_file(smollm2_path())[:16]}"
         yield LocalJudge(base_url=url, model=LOCAL_MODEL, pid=process.pid, identity=identity)
         died = process.poll()
+        if died is None and not answers(url):  # a dying server's sockets close before its exit can be reaped
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                died = process.wait(timeout=5)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)

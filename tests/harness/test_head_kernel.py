@@ -63,31 +63,28 @@ INTERPRETER_SKIP = pytest.mark.skipif(
 )
 
 
-def _interpreted(cases: str) -> list[str]:
-    """Runs `cases` with Triton's CPU interpreter; the lines it printed."""
+def _assert_interpreted_cases_agree(cases: str, count: int) -> None:
+    """Runs `cases` with Triton's CPU interpreter: each of its `count` lines ends with an error and a scale, and
+    every error is within 1e-5 of its scale (at least 1)."""
     env = os.environ | {"TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(cases)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.split("\n")[:-1]
+    lines = done.stdout.split("\n")[:-1]
+    assert len(lines) == count
+    for line in lines:
+        error, scale = map(float, line.split()[-2:])
+        assert error < 1e-5 * max(1.0, scale), line
 
 
 @INTERPRETER_SKIP
 def test_logits_nll_and_lse_match_float64_in_the_interpreter() -> None:
     """Training's log-sum-exp of given logits, and the NLL beside it (the path the fused head loss takes on a GPU)."""
-    lines = _interpreted(LSE_CASES)
-    assert len(lines) == 4
-    for line in lines:
-        *_, error, scale = map(float, line.split()[-2:])
-        assert error < 1e-5 * max(1.0, scale), line
+    _assert_interpreted_cases_agree(LSE_CASES, 4)
 
 
 @INTERPRETER_SKIP
 def test_kernel_matches_full_logits_in_the_interpreter() -> None:
-    lines = _interpreted(CASES)
-    assert len(lines) == 3
-    for line in lines:
-        *_, error, scale = map(float, line.split()[-2:])
-        assert error < 1e-5 * max(1.0, scale), line
+    _assert_interpreted_cases_agree(CASES, 3)
 
 
 @pytest.mark.gpu
