@@ -56,7 +56,6 @@ def _setup(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> 
 def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     x, weight, inner, lora_b = ctx.saved_tensors
     wanted = ctx.needs_input_grad
-    grad_x = grad_inner = None
     if _widened(weight, lora_b) and wanted[0] and wanted[2]:
         grad_x, grad_inner = (grad @ torch.cat([weight, lora_b], dim=1)).split([x.shape[1], inner.shape[1]], dim=1)
     else:

@@ -105,11 +105,6 @@ def linear_logsumexp(hidden: torch.Tensor, weight: torch.Tensor, softcap: float 
         HAS_SOFTCAP=bool(softcap), PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, num_warps=WARPS, num_stages=STAGES,
     )  # fmt: skip
-    return _combined(part_max, part_sum)
-
-
-def _combined(part_max: torch.Tensor, part_sum: torch.Tensor) -> torch.Tensor:
-    """The log-sum-exp of whole rows from the running maxima and sums of their splits [splits x rows]."""
     overall = part_max.max(dim=0).values
     return overall + torch.log((part_sum * torch.exp(part_max - overall)).sum(dim=0))
 
