@@ -63,7 +63,7 @@ class TrainConfig(BaseModel):
     cuda_graph: bool = Field(
         False, description="replay each micro-batch's forward and backward as one CUDA graph (GPU; fixed shapes)"
     )
-    attention: Attention = Field("auto", description="attention back-end: auto, eager, sdpa or flex_attention")
+    attention: Attention = Field("auto", description="attention back-end: auto, eager, sdpa, flex_attention or cudnn")
     seed: int = 0
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share when no --eval-data is given")
     eval_every: int = Field(20, gt=0)

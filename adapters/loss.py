@@ -12,6 +12,7 @@ import torch
 
 from adapters.packing import Batch, attention_masks
 from adapters.tokenize import IGNORE_INDEX
+from harness import cudnn_attention
 from harness.attention import flex_kwargs
 from harness.compute import output_head
 from harness.headloss import summed_nll
@@ -34,12 +35,13 @@ def supervised_nll(model: Any, batch: Batch, packed: bool | None = None, static:
         decoder, head, softcap = output_head(model)
         implementation = model.config._attn_implementation
         flex = implementation == "flex_attention"
+        windowed = implementation == cudnn_attention.NAME  # windows in the kernel: rows of one example need no mask
         masks = None  # one example per row: transformers' causal masks and fast paths
-        if packed or static:
+        if packed or static or windowed:
             # Static: the masks are ours, since transformers builds different ones while a CUDA graph is being
             # captured (it cannot read tensors then), which would make the compiled layers recompile mid-capture.
-            causal_none = not packed and implementation == "sdpa"
-            masks = attention_masks(model.config, batch.segment_ids, dtype, causal_none, flex)
+            causal_none = not packed and implementation in ("sdpa", cudnn_attention.NAME)
+            masks = attention_masks(model.config, batch.segment_ids, dtype, causal_none, flex, windowed)
         hidden = decoder(
             input_ids=batch.input_ids,
             attention_mask=masks,

@@ -103,19 +103,25 @@ def flex_block_mask(segment_ids: torch.Tensor, window: int | None = None) -> Any
 
 
 def attention_masks(
-    config: Any, segment_ids: torch.Tensor, dtype: torch.dtype, causal_none: bool = False, flex: bool = False
+    config: Any,
+    segment_ids: torch.Tensor,
+    dtype: torch.dtype,
+    causal_none: bool = False,
+    flex: bool = False,
+    windowed: bool = False,
 ) -> Any:
     """The mask argument for the decoder: one mask, or a mapping per layer type (sliding windows).
 
     `causal_none` (rows of one example each, sdpa attention): a layer type whose mask would be plain causal gets
-    None, which sdpa runs as `is_causal` (cuDNN's causal kernels) without a mask tensor. `flex`: the other masks
-    as flex attention BlockMasks instead of 4D tensors."""
+    None, which sdpa runs as `is_causal` (cuDNN's causal kernels) without a mask tensor; `windowed` (attention that
+    applies the sliding window itself: harness.cudnn_attention) extends that to windowed layer types. `flex`: the
+    other masks as flex attention BlockMasks instead of 4D tensors."""
     layer_types = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
 
     def mask(kind: str) -> Any:
         kind_window = window if kind == "sliding_attention" and window is not None else None
-        if causal_none and (kind_window is None or kind_window >= segment_ids.shape[1]):
+        if causal_none and (windowed or kind_window is None or kind_window >= segment_ids.shape[1]):
             return None
         return flex_block_mask(segment_ids, kind_window) if flex else block_causal_mask(segment_ids, dtype, kind_window)
 

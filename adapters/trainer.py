@@ -28,7 +28,7 @@ from adapters.lora_addmm import use_lora_addmm
 from adapters.loss import supervised_nll
 from adapters.packing import Batch, collate, pack
 from adapters.tokenize import TokenizedExample
-from harness import distributed
+from harness import cudnn_attention, distributed
 from harness.attention import caps_attention
 from harness.compute import output_head
 from harness.errors import HarnessError
@@ -68,11 +68,11 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
     _keep_one_nf4_kernel_path(base)
     if config.attention == "auto" and cuda:
         _faster_attention(base, config)
-    if config.keep_activations and cuda and base.config._attn_implementation == "sdpa":
+    if config.keep_activations and cuda and base.config._attn_implementation in ("sdpa", cudnn_attention.NAME):
         # Measured (BENCHMARKS.md, runs 38-52): kept cuDNN attention outputs gave gradient norms of 1e5 in 4 runs,
         # intermittently (none in 12 later tries; cause not found). Flex attention has never failed so.
         raise HarnessError(
-            "keep_activations with sdpa attention has given wrong gradients on a GPU (kept cuDNN outputs, at times)",
+            "keep_activations with cuDNN's attention has given wrong gradients on a GPU (kept outputs, at times)",
             field="attention",
             hint="use attention: auto or flex_attention",
         )
@@ -106,9 +106,13 @@ def _faster_attention(model: Any, config: TrainConfig) -> None:
     """`attention: auto` on a GPU: a model that soft-caps its attention logits (Gemma 2) gets flex attention, which
     applies the cap in its kernel and skips masked blocks. transformers' own choice is eager (which materialises
     [rows x heads x T x T] scores) or, in some versions (5.17), sdpa, which drops the cap without a word.
-    So does any model with `keep_activations`: sdpa's cuDNN outputs, kept for the backward, broke its gradients."""
+    So does any model with `keep_activations`: sdpa's cuDNN outputs, kept for the backward, broke its gradients.
+    Other models get cuDNN's kernels with their sliding windows (harness.cudnn_attention) where the frontend is
+    installed: sdpa gives windowed layers a mask tensor, and cuDNN then computes every block."""
     if caps_attention(model.config) or config.keep_activations:
         model.set_attn_implementation("flex_attention")
+    elif cudnn_attention.available():
+        model.set_attn_implementation(cudnn_attention.register())
 
 
 def compile_layers(model: Any) -> None:

@@ -5,8 +5,9 @@ sdpa (cuDNN on an H100) the way the trainer calls it. Random inputs; the masks a
 
     python bench/attention_speed.py --model gemma-3-270m --variants sdpa,default,b64x64x64x64s1w8
 
-Variants: `sdpa`; `default` (flex, torch's options for the head size); `tuned` (harness.attention's options for
-this device and head size, what the trainer passes); or flex with `f<BLOCK_M>x<BLOCK_N>s<stages>w
+Variants: `sdpa`; `cudnn` (harness.cudnn_attention: the window in cuDNN's kernels, no mask tensor); `default`
+(flex, torch's options for the head size); `tuned` (harness.attention's options for this device and head size,
+what the trainer passes for flex); or flex with `f<BLOCK_M>x<BLOCK_N>s<stages>w
 <warps>` (forward kernel) and/or `b<BLOCK_M1>x<BLOCK_N1>x<BLOCK_N2>x<BLOCK_M2>s<stages>w<warps>` (backward),
 and `tma` (Hopper's tensor-memory loads), joined by `+`. Blocks must divide flex's 128-token mask blocks.
 """
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from common import CONFIGS, emit, environment
 
-VARIANTS = "sdpa,default,tuned,b64x64x64x64s2w8,f128x64s2w8"
+VARIANTS = "sdpa,cudnn,default,tuned,b64x64x64x64s2w8,f128x64s2w8"
 
 
 def kernel_options(variant: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +63,13 @@ def layer_attention(config: dict[str, Any], kind: str, variant: str, rows: int, 
     segments = torch.ones(rows, length, dtype=torch.long, device="cuda")
     scale = config["query_pre_attn_scalar"] ** -0.5
     softcap = config.get("attn_logit_softcapping")
+    if variant == "cudnn":
+        from harness.cudnn_attention import cudnn_attention
+
+        def cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return cudnn_attention(q, k, v, scale, window or 0)[0].transpose(1, 2)
+
+        return cudnn
     if variant == "sdpa":
         mask = block_causal_mask(segments, torch.bfloat16, window) if window else None
         groups = config["num_attention_heads"] // config["num_key_value_heads"]

@@ -15,7 +15,7 @@ from model load to the last step. Contenders:
   ...-lseN            ... the head's log-sum-exp in N slices of the vocabulary (harness.headloss.LSE_SLICES)
   ...-inductorlse     ... that log-sum-exp compiled by inductor, not harness.head_kernel's (headloss.LSE_KERNEL)
   ...-accumN          ... the step's sequences in N micro-batches (gradient accumulation; the same step)
-  ...-sdpa, -eager, -flex   ... with that attention instead of `--attention`
+  ...-sdpa, -eager, -flex, -cudnn   ... with that attention instead of `--attention`
   ...-mlpN            ... each MLP run on N slices of the micro-batch's rows (`mlp_chunks`)
   ...-keepN           ... compiled + checkpointing keeping N% of a layer's activations (`keep_activations`)
   ...-nocudnn         ... sdpa without cuDNN's attention kernels (flash / memory-efficient instead)
@@ -54,7 +54,7 @@ from common import (
 )
 
 LORA = {"r": 16, "alpha": 32}
-ATTENTION_SUFFIXES = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention"}
+ATTENTION_SUFFIXES = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention", "cudnn": "cudnn"}
 
 
 def attention_of(contender: str, args: argparse.Namespace) -> str:
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--model", default="gemma-3-270m", choices=MODELS)
     parser.add_argument("--quant", default="nf4", choices=["nf4", "none"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa", "flex_attention"])
+    parser.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa", "flex_attention", "cudnn"])
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="timed steps after warm-up")

@@ -28,8 +28,8 @@ Quant = Literal["none", "nf4", "int8"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 # transformers' attention back-ends; "auto" is its default (sdpa, or eager for Gemma 2, whose attention soft-cap
 # sdpa cannot apply: _load_weights sees to that). flex_attention applies the soft-cap and sliding windows in one
-# compiled kernel.
-Attention = Literal["auto", "eager", "sdpa", "flex_attention"]
+# compiled kernel; cudnn (harness.cudnn_attention) runs cuDNN's flash kernels with sliding windows, on a GPU.
+Attention = Literal["auto", "eager", "sdpa", "flex_attention", "cudnn"]
 
 
 def _usable_device(name: str) -> str:
@@ -255,6 +255,8 @@ def _quantization_config(options: ModelOptions) -> Any:
 def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
     from transformers import AutoModelForCausalLM
 
+    if options.attention == "cudnn":
+        _check_cudnn_attention(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint,
         dtype=options.resolved_dtype(),
@@ -267,6 +269,26 @@ def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
         model.set_attn_implementation("eager")
     model.eval()
     return model
+
+
+def _check_cudnn_attention(checkpoint: Path) -> None:
+    from transformers import AutoConfig
+
+    from harness import cudnn_attention
+
+    if not cudnn_attention.available():
+        raise HarnessError(
+            "attention: cudnn needs a CUDA device and the cuDNN frontend",
+            field="attention",
+            hint="install the cudnn extra (pip install -e '.[cudnn]') or use attention: auto",
+        )
+    if caps_attention(AutoConfig.from_pretrained(checkpoint)):
+        raise HarnessError(
+            f"attention: cudnn cannot soft-cap attention logits, which {checkpoint.name} does",
+            field="attention",
+            hint="use attention: auto (flex attention for this model)",
+        )
+    cudnn_attention.register()
 
 
 def load_model(options: ModelOptions) -> LoadedModel:

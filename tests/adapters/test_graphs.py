@@ -18,6 +18,7 @@ from adapters.graphs import micro_step
 from adapters.packing import collate
 from adapters.tokenize import IGNORE_INDEX, TokenizedExample
 from adapters.trainer import make_optimizer, train_step
+from harness import cudnn_attention
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -27,6 +28,8 @@ def tiny_lora_model(
 ) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    if attention == cudnn_attention.NAME:
+        cudnn_attention.register()
     base = tiny_gemma3(attention, width=64, vocab=1024).to("cuda", dtype).train()
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
     return get_peft_model(base, lora)
@@ -44,9 +47,10 @@ def run_steps(
     model: torch.nn.Module, graphed: bool, config: TrainConfig = STEPS_CONFIG
 ) -> tuple[list[dict], dict[str, torch.Tensor], object]:
     """Four optimizer steps of two micro-batches: padded single examples, then packed rows; then a packed step
-    with a short micro-batch (padded to the fixed shape with empty rows); then two different micro-batches of
-    single examples, one graph replayed back to back; the shapes repeat, so graphs replay.
-    The step records, the trained LoRA weights, and the micro-step."""
+        with a short micro-batch (padded to the fixed shape with empty rows); then two different micro-batches of
+        single examples, one graph replayed back to back; the shapes repeat, so graphs replay. (With cudnn attention
+    the packed rows run sdpa with their mask tensors, the single ones cuDNN's windowed kernels.)
+        The step records, the trained LoRA weights, and the micro-step."""
     singles = [[example(20, 5, 0)], [example(33, 7, 1)]]
     packed = [[example(12, 3, 2), example(18, 4, 3)], [example(30, 6, 4)]]
     others = [[example(25, 6, 5)], [example(38, 2, 6)]]
@@ -72,7 +76,10 @@ def assert_same_training(eager: tuple, graph: tuple, rel: float = 2e-2) -> None:
         assert relative < rel, f"{name}: {relative:.2e} from the eager run's adapter"
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex_attention"])
+CUDNN = pytest.param("cudnn", marks=pytest.mark.skipif(not cudnn_attention.available(), reason="no cuDNN frontend"))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex_attention", CUDNN])
 def test_graphed_steps_equal_eager_steps(tiny_gemma3: Callable[..., torch.nn.Module], attention: str) -> None:
     eager_model = tiny_lora_model(tiny_gemma3, attention)
     graphed_model = copy.deepcopy(eager_model)

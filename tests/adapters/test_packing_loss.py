@@ -236,3 +236,33 @@ def test_flex_gradients_equal_sdpas(tiny_gemma3: Callable[..., torch.nn.Module])
             for name, grad in gradients("flex_attention", batch, static).items():
                 relative = float((grad - reference[name]).norm() / reference[name].norm())
                 assert relative < 1e-4, f"{name}: {relative:.1e}"  # measured: at most 1.2e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's kernels need a CUDA device")
+def test_cudnn_loss_and_gradients_follow_sdpas(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
+    """The loss and every parameter's gradient with `attention: cudnn` (the sliding window in cuDNN's kernel, no
+    mask tensor) against sdpa with mask tensors, both in bf16 (cuDNN takes no fp32), static and not; packed rows
+    run sdpa with their masks under cudnn too."""
+    from harness import cudnn_attention
+
+    if not cudnn_attention.available():
+        pytest.skip("needs the cuDNN frontend (the cudnn extra)")
+
+    def run(implementation: str, batch: Batch, static: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        model = tiny_gemma3().to("cuda", torch.bfloat16).train()
+        model.set_attn_implementation(implementation)
+        nll = supervised_nll(model, batch.to(torch.device("cuda")), static=static)
+        nll.backward()
+        return float(nll), {name: p.grad.float() for name, p in model.named_parameters() if p.grad is not None}
+
+    single = collate([[_example(20, 0)], [_example(33, 1)]], pad_id=0, shape=(2, 40))
+    packed = collate([[_example(12, 0), _example(21, 1)], [_example(35, 2)]], pad_id=0, shape=(2, 40))
+    for batch in (single, packed):
+        loss, reference = run("sdpa", batch, static=True)
+        for static in (True, False):
+            got_loss, got = run(cudnn_attention.register(), batch, static)
+            assert got_loss == pytest.approx(loss, rel=1e-2)
+            for name, grad in got.items():
+                relative = float((grad - reference[name]).norm() / reference[name].norm())
+                assert relative < 5e-2, f"{name}: {relative:.1e}"

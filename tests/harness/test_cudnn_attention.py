@@ -1,0 +1,105 @@
+"""cuDNN attention with sliding windows (harness.cudnn_attention) against sdpa given the same mask as a tensor, in
+float32; where it is refused; and the masks the loss hands it.
+
+The kernels need a GPU and the cuDNN frontend (the `cudnn` extra): those tests are marked gpu and skip here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapters.packing import attention_masks
+from harness import cudnn_attention
+
+needs_cudnn = pytest.mark.skipif(not cudnn_attention.available(), reason="needs a CUDA device and the cuDNN frontend")
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+    """sdpa in float32 with the mask as a tensor: query i sees key j iff j <= i and i - j < window (window > 0)."""
+    length = q.shape[2]
+    query, key = torch.arange(length, device=q.device)[:, None], torch.arange(length, device=q.device)[None, :]
+    allowed = (key <= query) & ((query - key < window) if window else True)
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.float().repeat_interleave(groups, 1), v.float().repeat_interleave(groups, 1)
+    output = torch.nn.functional.scaled_dot_product_attention(q.float(), k, v, attn_mask=allowed, scale=scale)
+    return output.transpose(1, 2)
+
+
+@pytest.mark.gpu
+@needs_cudnn
+@pytest.mark.parametrize(("heads", "kv_heads", "dim", "length", "window"), [(4, 1, 256, 200, 48), (4, 2, 64, 300, 0)])
+@pytest.mark.parametrize("layout", ["contiguous", "projected"])
+def test_output_and_gradients_match_masked_sdpa(
+    heads: int, kv_heads: int, dim: int, length: int, window: int, layout: str
+) -> None:
+    """Grouped heads, lengths that are no multiple of the kernels' tiles, a window shorter than the rows and none;
+    q, k, v contiguous or as transformers passes them (a [rows x T x heads x D] projection, transposed)."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+
+    def tensor(count: int) -> torch.Tensor:
+        shape = (2, count, length, dim) if layout == "contiguous" else (2, length, count, dim)
+        values = torch.randn(shape, generator=generator, device="cuda", dtype=torch.bfloat16)
+        return (values if layout == "contiguous" else values.transpose(1, 2)).requires_grad_()
+
+    q, k, v = tensor(heads), tensor(kv_heads), tensor(kv_heads)
+    grad = torch.randn(2, length, heads, dim, generator=generator, device="cuda", dtype=torch.bfloat16)
+    scale = dim**-0.5
+    output, stats = cudnn_attention.cudnn_attention(q, k, v, scale, window)
+    assert output.shape == (2, length, heads, dim) and stats.dtype == torch.float32
+    got = (output, *torch.autograd.grad(output, (q, k, v), grad))
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    expected_output = reference(*leaves, scale, window)
+    expected = (expected_output, *torch.autograd.grad(expected_output, leaves, grad.float()))
+    errors = {}
+    for name, value, truth in zip(["output", "dq", "dk", "dv"], got, expected, strict=True):
+        errors[name] = float((value.float() - truth).norm() / truth.norm())
+        assert errors[name] < 2e-2, f"{name}: {errors[name]:.2e} from float32 sdpa"
+    if window:  # closer to this window than to one key less: bf16's rounding is not what the tolerance hides
+        narrower = reference(*leaves, scale, window - 1)
+        assert errors["output"] < float((output.float() - narrower).norm() / narrower.norm()) / 2
+
+
+@pytest.mark.gpu
+@needs_cudnn
+def test_replays_under_a_cuda_graph_and_compiles() -> None:
+    """Captured in a CUDA graph (the trainer's micro-steps) and called from a compiled function (its layers)."""
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(2, 4, 128, 64, generator=generator, device="cuda", dtype=torch.bfloat16)
+    k, v = q[:, :2].clone(), q[:, 2:].clone()
+    attend = torch.compile(lambda q, k, v: cudnn_attention.cudnn_attention(q, k, v, 0.125, 32)[0] * 2)
+    expected = attend(q, k, v)
+    assert float((expected.float() / 2 - reference(q, k, v, 0.125, 32)).abs().max()) < 2e-2
+    static = [t.clone() for t in (q, k, v)]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = attend(*static)
+    static[0].copy_(q.flip(2))
+    graph.replay()
+    assert torch.equal(captured, attend(q.flip(2), k, v))
+
+
+def test_refused_without_a_gpu_or_with_soft_capped_logits() -> None:
+    from harness.errors import HarnessError
+    from harness.models import ModelOptions, load_model
+
+    if not cudnn_attention.available():
+        with pytest.raises(HarnessError, match="cudnn") as refused:
+            load_model(ModelOptions(attention="cudnn", device="cpu")).model  # noqa: B018
+        assert refused.value.field == "attention"
+    with pytest.raises(ValueError, match="soft-cap"):
+        cudnn_attention.attention_forward(None, *[torch.zeros(1, 1, 4, 8)] * 3, None, softcap=50.0)
+
+
+def test_rows_of_one_example_need_no_mask_and_packed_rows_keep_theirs() -> None:
+    """With the window in the kernel, no layer type of unpacked rows gets a mask tensor; packed rows keep theirs
+    (and the attention then runs sdpa with them)."""
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(layer_types=["sliding_attention", "full_attention"], sliding_window=4)
+    single = torch.tensor([[1] * 8 + [0] * 2])
+    masks = attention_masks(config, single, torch.bfloat16, causal_none=True, windowed=True)
+    assert masks == {"sliding_attention": None, "full_attention": None}
+    assert attention_masks(config, single, torch.bfloat16, causal_none=True)["sliding_attention"] is not None
+    packed = torch.tensor([[1] * 5 + [2] * 5])
+    masks = attention_masks(config, packed, torch.bfloat16, causal_none=False, windowed=True)
+    assert all(mask is not None for mask in masks.values())
