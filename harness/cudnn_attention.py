@@ -162,9 +162,9 @@ def _backward_fake(
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _setup(ctx: Any, inputs: tuple[Any, ...], outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
     q, k, v, ctx.scale, ctx.window = inputs
-    ctx.save_for_backward(q, k, v, *outputs)
+    ctx.save_for_backward(q, k, v, *output)
 
 
 def _backward(ctx: Any, grad: torch.Tensor, _stats_grad: Any) -> tuple[Any, ...]:
