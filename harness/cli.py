@@ -101,7 +101,7 @@ def run(
     dtype: Annotated[str, typer.Option(help="auto|float32|bfloat16|float16")] = "auto",
     device: Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N")] = "auto",
     quant: Annotated[str, typer.Option(help="none|nf4|int8 (bitsandbytes)")] = "none",
-    attention: Annotated[str, typer.Option(help="auto|eager|sdpa|flex_attention")] = "auto",
+    attention: Annotated[str, typer.Option(help="auto|eager|sdpa|flex_attention|cudnn")] = "auto",
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the decoder (GPU: faster scoring and decoding)")
     ] = False,

@@ -189,12 +189,13 @@ def attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention interface: the cuDNN kernels for a causal layer without a mask tensor, sdpa for
-    the rest (a mask tensor: packed rows; dropout). A mask of None means rows of one example each, padded at the
-    end: causal attention alone keeps the padding out of every real position."""
+    the rest (a mask tensor: packed or padded rows; dropout; queries against a longer cache). In training a mask
+    of None means rows of one example each, padded at the end: causal attention alone keeps the padding out of
+    every real position."""
     if softcap:
         raise ValueError("cudnn attention cannot soft-cap attention logits: use flex_attention for this model")
     fits = attention_mask is None and not dropout and query.is_cuda and query.dtype in (torch.bfloat16, torch.half)
-    if not fits or not getattr(module, "is_causal", True):
+    if not fits or query.shape[2] != key.shape[2] or not getattr(module, "is_causal", True):  # decoding: sdpa
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)

@@ -78,6 +78,23 @@ def test_replays_under_a_cuda_graph_and_compiles() -> None:
     assert torch.equal(captured, attend(q.flip(2), k, v))
 
 
+@pytest.mark.gpu
+@needs_cudnn
+def test_decoding_against_a_longer_cache_runs_sdpa() -> None:
+    """A query shorter than the keys (a generation step) is no causal square: transformers' sdpa takes it."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = torch.nn.Module()
+    module.is_causal = True
+    generator = torch.Generator(device="cuda").manual_seed(2)
+    q = torch.randn(1, 4, 1, 64, generator=generator, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 2, 9, 64, generator=generator, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    module.num_key_value_groups = 2
+    got, _ = cudnn_attention.attention_forward(module, q, k, v, None, scaling=0.125)
+    expected, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.125)
+    assert torch.equal(got, expected)
+
+
 def test_refused_without_a_gpu_or_with_soft_capped_logits() -> None:
     from harness.errors import HarnessError
     from harness.models import ModelOptions, load_model
