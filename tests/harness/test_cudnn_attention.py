@@ -62,7 +62,8 @@ def test_output_and_gradients_match_masked_sdpa(
 @pytest.mark.gpu
 @needs_cudnn
 def test_replays_under_a_cuda_graph_and_compiles() -> None:
-    """Captured in a CUDA graph (the trainer's micro-steps) and called from a compiled function (its layers)."""
+    """Captured in a CUDA graph (the trainer's micro-steps) and called from a compiled function (its layers),
+    forward and backward."""
     generator = torch.Generator(device="cuda").manual_seed(1)
     q = torch.randn(2, 4, 128, 64, generator=generator, device="cuda", dtype=torch.bfloat16)
     k, v = q[:, :2].clone(), q[:, 2:].clone()
@@ -76,6 +77,13 @@ def test_replays_under_a_cuda_graph_and_compiles() -> None:
     static[0].copy_(q.flip(2))
     graph.replay()
     assert torch.equal(captured, attend(q.flip(2), k, v))
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    compiled = torch.autograd.grad(attend(*leaves).float().square().sum(), leaves)  # the backward compiled too
+    eager = torch.autograd.grad(
+        (cudnn_attention.cudnn_attention(*leaves, 0.125, 32)[0] * 2).float().square().sum(), leaves
+    )
+    for got, expected_grad in zip(compiled, eager, strict=True):
+        assert float((got.float() - expected_grad.float()).norm() / expected_grad.float().norm()) < 1e-2
 
 
 @pytest.mark.gpu
@@ -93,6 +101,21 @@ def test_decoding_against_a_longer_cache_runs_sdpa() -> None:
     got, _ = cudnn_attention.attention_forward(module, q, k, v, None, scaling=0.125)
     expected, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.125)
     assert torch.equal(got, expected)
+
+
+def test_fake_outputs_have_the_real_ones_layouts() -> None:
+    """What the compiler plans with (the operators' fake implementations, run on any device): the output in
+    transformers' [rows x T x heads x D] layout, float32 statistics, gradients laid out like their inputs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 5, 4, 8, dtype=torch.bfloat16).transpose(1, 2)  # as transformers passes it
+        k = v = torch.empty(2, 1, 5, 8, dtype=torch.bfloat16)
+        output, stats = cudnn_attention.cudnn_attention(q, k, v, 0.5, 3)
+        grads = cudnn_attention.cudnn_attention_backward(q, k, v, output, stats, output, 0.5, 3)
+    assert output.shape == (2, 5, 4, 8) and output.is_contiguous()
+    assert stats.shape == (2, 4, 5, 1) and stats.dtype == torch.float32
+    assert [g.stride() for g in grads] == [q.stride(), k.stride(), v.stride()]
 
 
 def test_refused_without_a_gpu_or_with_soft_capped_logits() -> None:
