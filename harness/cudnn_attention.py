@@ -7,8 +7,8 @@ every query-key block and reads the mask beside. cuDNN itself takes the window a
 skips the blocks outside it. Here the frontend's graphs (built once per shape and layout, then replayed; a CUDA
 graph can capture them) run the forward and the backward as two operators opaque to the compiler.
 
-Where the kernels do not fit (a mask tensor: packed rows; soft-capped logits; dropout; a CPU) the layer runs
-transformers' sdpa instead; soft-capping models are refused, since sdpa would drop the cap.
+Where the kernels do not fit (a mask tensor: packed or padded rows; dropout; a CPU; queries against a longer
+cache) the layer runs transformers' sdpa instead; soft-capped logits are refused, since sdpa would drop the cap.
 """
 
 from __future__ import annotations
