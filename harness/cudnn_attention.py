@@ -68,15 +68,16 @@ def _plan(backward: bool, layouts: tuple[tuple[Any, ...], ...], scale: float, wi
         handle=_handle(device),
     )
 
+    def kind(dtype: torch.dtype) -> Any:  # the statistics are float32, the rest the inputs' type
+        return cudnn.data_type.FLOAT if dtype == torch.float32 else io_type
+
     def operand(layout: tuple[Any, ...]) -> Any:
         shape, stride, dtype = layout
-        kind = cudnn.data_type.FLOAT if dtype == torch.float32 else io_type
-        return graph.tensor(dim=list(shape), stride=list(stride), data_type=kind)
+        return graph.tensor(dim=list(shape), stride=list(stride), data_type=kind(dtype))
 
     def output(tensor: Any, layout: tuple[Any, ...]) -> Any:
         shape, stride, dtype = layout
-        kind = cudnn.data_type.FLOAT if dtype == torch.float32 else io_type
-        return tensor.set_output(True).set_dim(list(shape)).set_stride(list(stride)).set_data_type(kind)
+        return tensor.set_output(True).set_dim(list(shape)).set_stride(list(stride)).set_data_type(kind(dtype))
 
     if backward:
         q, k, v, o, grad, stats = (operand(layout) for layout in layouts[:6])

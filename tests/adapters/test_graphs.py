@@ -47,10 +47,10 @@ def run_steps(
     model: torch.nn.Module, graphed: bool, config: TrainConfig = STEPS_CONFIG
 ) -> tuple[list[dict], dict[str, torch.Tensor], object]:
     """Four optimizer steps of two micro-batches: padded single examples, then packed rows; then a packed step
-        with a short micro-batch (padded to the fixed shape with empty rows); then two different micro-batches of
-        single examples, one graph replayed back to back; the shapes repeat, so graphs replay. (With cudnn attention
+    with a short micro-batch (padded to the fixed shape with empty rows); then two different micro-batches of
+    single examples, one graph replayed back to back; the shapes repeat, so graphs replay. (With cudnn attention
     the packed rows run sdpa with their mask tensors, the single ones cuDNN's windowed kernels.)
-        The step records, the trained LoRA weights, and the micro-step."""
+    The step records, the trained LoRA weights, and the micro-step."""
     singles = [[example(20, 5, 0)], [example(33, 7, 1)]]
     packed = [[example(12, 3, 2), example(18, 4, 3)], [example(30, 6, 4)]]
     others = [[example(25, 6, 5)], [example(38, 2, 6)]]
