@@ -8,14 +8,18 @@ on the rank-r side and the LoRA product `(lora_A(x) * scaling) @ lora_B^T` is ac
 a second matmul: one output per projection, no scaled copies. The same sum up to rounding (and exactly the same
 product where the scale is a power of two); the parameters, their names and the saved adapter are peft's own.
 
-Where the base layer is a plain or an NF4 linear layer without bias, base and LoRA matmuls run as one operator,
-`lora_linear`, opaque to the compiler: `torch.addmm(base_output, ...)` compiled writes a new tensor, so inductor
-copied every base output before the matmul added to it (one device-to-device copy per projection, forward and
-recompute: 2.1 ms of a 59 ms step for the 270M, 11 ms of 319 for the 2B shape on an H200, run 62's profiles);
-the operator adds in place into the output it has just computed. Where a projection widens its input (out > in + r:
-Gemma's q, gate and up), adding into the output costs more than widening the input: the LoRA product joins the base
-matmul as r more columns, `[x | inner] @ [weight | lora_b]^T`, one matmul over a copy of [tokens x (in + r)] instead
-of a second pass over [tokens x out] (and in the backward one matmul gives the gradients of both x and inner).
+Where the base layer is a plain or an NF4 linear layer without bias, the whole LoRA linear runs as one operator,
+`lora_linear`, opaque to the compiler, and its backward as another: `torch.addmm(base_output, ...)` compiled writes
+a new tensor, so inductor copied every base output before the matmul added to it (one device-to-device copy per
+projection, forward and recompute: 2.1 ms of a 59 ms step for the 270M, 11 ms of 319 for the 2B shape on an H200,
+run 62's profiles); the operator adds in place into the output it has just computed. Where a projection widens its
+input (out > in + r: Gemma's gate and up), adding into the output costs more than widening the input: the LoRA
+product joins the base matmul as r more columns, `[x | inner] @ [weight | lora_b]^T`, one matmul over a copy of
+[tokens x (in + r)] instead of a second pass over [tokens x out] (and in the backward one matmul gives the gradients
+of both x and inner). Where it does not, lora_a rides as r more rows of the weight (`STACK`): one matmul over x
+gives the base output and inner = x @ lora_a^T side by side, so the rank side does not read x again (the output is
+a view with row stride out + r). In the backward x's two gradients are one matmul and one accumulation into it,
+not two [tokens x in] tensors and their sum. With LoRA dropout, lora_a reads dropout's copy of x instead.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 
 WIDEN = True  # False: every product added into the output (bench/train_speed.py -nowiden compares)
+STACK = True  # False: the rank side of a narrowing projection as its own matmul (bench/train_speed.py -nostack)
 
 
 def _widened(weight: torch.Tensor, lora_b: torch.Tensor) -> bool:
@@ -34,34 +39,93 @@ def _widened(weight: torch.Tensor, lora_b: torch.Tensor) -> bool:
     return WIDEN and weight.shape[0] > weight.shape[1] + lora_b.shape[1]
 
 
+def _stacked(weight: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None) -> bool:
+    """Whether lora_a rides as r more rows of the weight: x feeds both products (no dropout) and the projection
+    does not widen."""
+    return STACK and dropped is None and not _widened(weight, lora_b)
+
+
 @torch.library.custom_op("adapters::lora_linear", mutates_args=())
-def lora_linear(x: torch.Tensor, weight: torch.Tensor, inner: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
-    """`x @ weight^T + inner @ lora_b^T` for 2-D `x` [tokens x in] and `inner` [tokens x r]: one matmul over the
-    inputs side by side where the projection widens, else the second product accumulated into the first's output
-    (cuBLAS's beta = 1), not into a copy of it."""
+def lora_linear(
+    x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x @ weight^T + inner @ lora_b^T` with `inner = a @ lora_a^T` (a: `dropped`, LoRA dropout's copy of x, where
+    given, else x itself), for 2-D x [tokens x in] and lora_a already scaled; returns the sum and `inner` (which the
+    backward reads). Stacked, one matmul over x computes the base output and inner side by side; widened, one
+    matmul over [x | inner]; else the LoRA product is accumulated into the base output (cuBLAS's beta = 1)."""
+    out = weight.shape[0]
+    if _stacked(weight, lora_b, dropped):
+        both = torch.mm(x, torch.cat([weight, lora_a]).t())
+        result, inner = both[:, :out], both[:, out:].clone()  # the sum: a view, row stride out + r
+        return result.addmm_(inner, lora_b.t()), inner
+    inner = torch.mm(x if dropped is None else dropped, lora_a.t())
     if _widened(weight, lora_b):
-        return torch.mm(torch.cat([x, inner], dim=1), torch.cat([weight, lora_b], dim=1).t())
-    return torch.mm(x, weight.t()).addmm_(inner, lora_b.t())
+        return torch.mm(torch.cat([x, inner], dim=1), torch.cat([weight, lora_b], dim=1).t()), inner
+    return torch.mm(x, weight.t()).addmm_(inner, lora_b.t()), inner
 
 
 @lora_linear.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, inner: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((x.shape[0], weight.shape[0]))
+def _(
+    x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens, out, rank = x.shape[0], weight.shape[0], lora_a.shape[0]
+    if _stacked(weight, lora_b, dropped):
+        return x.new_empty((tokens, out + rank))[:, :out], x.new_empty((tokens, rank))
+    return x.new_empty((tokens, out)), x.new_empty((tokens, rank))
 
 
-def _setup(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    x, weight, inner, lora_b = ctx.saved_tensors
-    wanted = ctx.needs_input_grad
-    if _widened(weight, lora_b) and wanted[0] and wanted[2]:
-        grad_x, grad_inner = (grad @ torch.cat([weight, lora_b], dim=1)).split([x.shape[1], inner.shape[1]], dim=1)
+@torch.library.custom_op("adapters::lora_linear_backward", mutates_args=())
+def lora_linear_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    dropped: torch.Tensor | None,
+    inner: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of x, lora_a, lora_b and dropped (empty without dropout) from the sum's. x's two parts are
+    one matmul and one accumulation into it (widened: the first gives grad @ lora_b too), not two [tokens x in]
+    tensors and their sum."""
+    if _widened(weight, lora_b):
+        both = grad @ torch.cat([weight, lora_b], dim=1)
+        grad_x, grad_inner = both[:, : x.shape[1]], both[:, x.shape[1] :].contiguous()
     else:
-        grad_x = grad @ weight if wanted[0] else None
-        grad_inner = grad @ lora_b if wanted[2] else None
-    return grad_x, grad.t() @ x if wanted[1] else None, grad_inner, grad.t() @ inner if wanted[3] else None
+        grad_x, grad_inner = grad @ weight, grad @ lora_b
+    grad_a = grad_inner.t() @ (x if dropped is None else dropped)
+    grad_b = grad.t() @ inner
+    if dropped is not None:
+        return grad_x, grad_a, grad_b, grad_inner @ lora_a
+    return grad_x.addmm_(grad_inner, lora_a), grad_a, grad_b, x.new_empty(0)
+
+
+@lora_linear_backward.register_fake
+def _(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    dropped: torch.Tensor | None,
+    inner: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    tokens, width = x.shape
+    widened = _widened(weight, lora_b)
+    grad_x = x.new_empty((tokens, width + lora_b.shape[1]))[:, :width] if widened else x.new_empty(x.shape)
+    dropped_grad = x.new_empty(0) if dropped is None else torch.empty_like(dropped)
+    return grad_x, torch.empty_like(lora_a), torch.empty_like(lora_b), dropped_grad
+
+
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    ctx.save_for_backward(*inputs, output[1])
+
+
+def _backward(ctx: Any, grad: torch.Tensor, grad_inner: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """inner is lora_linear's by-product for its own backward: nothing downstream reads it, so no gradient
+    arrives for it (grad_inner)."""
+    x, weight, lora_a, lora_b, dropped, inner = ctx.saved_tensors
+    grad_x, grad_a, grad_b, grad_dropped = lora_linear_backward(grad, x, weight, lora_a, lora_b, dropped, inner)
+    return grad_x, None, grad_a, grad_b, None if dropped is None else grad_dropped
 
 
 lora_linear.register_autograd(_backward, setup_context=_setup)
@@ -110,17 +174,21 @@ def _addmm_class(lora_class: Any) -> Any:
             return lora_class.forward(self, x, *args, **kwargs)  # what training never does: peft's own path
         active = [n for n in self.active_adapters if n in self.lora_A]
         autocast = torch.is_autocast_enabled(x.device.type)  # under autocast the matmuls pick their own dtype
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        dense = _dense_weight(self.base_layer, dtype) if len(active) == 1 and not kwargs else None
+        if dense is not None:
+            (name,) = active
+            flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
+            dropout = self.lora_dropout[name]
+            dropped = dropout(flat_x) if dropout.training and getattr(dropout, "p", 0) > 0 else None
+            lora_a = (self.lora_A[name].weight * self.scaling[name]).to(dtype)
+            flat, _ = lora_linear(flat_x, dense, lora_a, self.lora_B[name].weight.to(dtype), dropped)
+            return flat.view(*x.shape[:-1], flat.shape[-1])
         products = []
         for name in active:
             lora_a, weight = self.lora_A[name], self.lora_B[name].weight
             inner = lora_a(self.lora_dropout[name](x if autocast else x.to(lora_a.weight.dtype))) * self.scaling[name]
             products.append((inner.reshape(-1, inner.shape[-1]), weight))
-        dtype = products[0][0].dtype if autocast and products else x.dtype  # autocast's pick for the rank side
-        dense = _dense_weight(self.base_layer, dtype) if len(active) == 1 and not kwargs else None
-        if dense is not None:
-            inner, weight = products[0]
-            flat = lora_linear(x.reshape(-1, x.shape[-1]).to(dtype), dense, inner.to(dtype), weight.to(dtype))
-            return flat.view(*x.shape[:-1], flat.shape[-1])
         result = self.base_layer(x, **kwargs)
         for inner, weight in products:
             if not autocast:

@@ -151,14 +151,27 @@ def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., t
         _assert_same(_loss_and_gradients(compiled(True)), _loss_and_gradients(compiled(False)), 1e-5)
 
 
-def test_lora_linear_operator_registrations() -> None:
-    """The fused operator's fake (shape) function and autograd formula, as torch.compile sees them
-    (`torch.library.opcheck`), and its value against the two products summed."""
+@pytest.mark.parametrize("stack", [True, False])
+def test_lora_linear_operator_registrations(stack: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused operator's and its backward's fake (shape) functions and the autograd formula, as torch.compile
+    sees them (`torch.library.opcheck`), and the value against the two products summed: narrowing (lora_a as more
+    rows of the weight, or with `STACK` off its own product added into the output), widening (inputs side by
+    side), and with LoRA dropout's copy of the input feeding lora_a."""
+    import adapters.lora_addmm as lora_addmm
+
+    monkeypatch.setattr(lora_addmm, "STACK", stack)
     torch.manual_seed(0)
-    for out in (3, 8):  # narrowing (the product added into the output) and widening (inputs side by side)
-        shapes = ((6, 5), (out, 5), (6, 2), (out, 2))
-        x, weight, inner, lora_b = (torch.randn(shape, dtype=torch.float64) for shape in shapes)
-        x.requires_grad_(), inner.requires_grad_(), lora_b.requires_grad_()
-        torch.library.opcheck(lora_linear, (x, weight, inner, lora_b))
-        assert torch.allclose(lora_linear(x, weight, inner, lora_b), x @ weight.T + inner @ lora_b.T)
-        assert torch.autograd.gradcheck(lora_linear, (x, weight, inner, lora_b))
+    for out, dropout in ((3, False), (8, False), (3, True), (8, True)):
+        shapes = ((6, 5), (out, 5), (2, 5), (out, 2), (6, 5))
+        x, weight, lora_a, lora_b, dropped = (torch.randn(shape, dtype=torch.float64) for shape in shapes)
+        for tensor in (x, lora_a, lora_b, dropped):
+            tensor.requires_grad_()
+        inputs = (x, weight, lora_a, lora_b, dropped if dropout else None)
+        torch.library.opcheck(lora_linear, inputs)
+        result, inner = lora_linear(*inputs)
+        expected_inner = (dropped if dropout else x) @ lora_a.T
+        assert torch.allclose(inner, expected_inner) and torch.allclose(result, x @ weight.T + inner @ lora_b.T)
+        assert torch.autograd.gradcheck(lambda *a: lora_linear(*a)[0], inputs)
+        grad = torch.randn(6, out, dtype=torch.float64)
+        saved = [None if t is None else t.detach() for t in (*inputs, inner)]
+        torch.library.opcheck(lora_addmm.lora_linear_backward, (grad, *saved))  # no gradient of gradients
