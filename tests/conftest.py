@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,12 @@ from harness.cache import ResultCache
 from harness.models import LoadedModel, ModelOptions, load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# inductor's on-disk cache keys a compiled graph by the graph, not by a custom operator's fake function: a cache
+# left by an earlier version of adapters.lora_addmm served stale output strides. Each session compiles afresh.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-tests-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")

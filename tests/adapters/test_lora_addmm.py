@@ -151,15 +151,13 @@ def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., t
         _assert_same(_loss_and_gradients(compiled(True)), _loss_and_gradients(compiled(False)), 1e-5)
 
 
-@pytest.mark.parametrize("stack", [True, False])
-def test_lora_linear_operator_registrations(stack: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lora_linear_operator_registrations() -> None:
     """The fused operator's and its backward's fake (shape) functions and the autograd formula, as torch.compile
-    sees them (`torch.library.opcheck`), and the value against the two products summed: narrowing (lora_a as more
-    rows of the weight, or with `STACK` off its own product added into the output), widening (inputs side by
-    side), and with LoRA dropout's copy of the input feeding lora_a."""
+    sees them (`torch.library.opcheck`), and the value against the two products summed: narrowing (the product
+    added into the output), widening (inputs side by side), and with LoRA dropout's copy of the input feeding
+    lora_a."""
     import adapters.lora_addmm as lora_addmm
 
-    monkeypatch.setattr(lora_addmm, "STACK", stack)
     torch.manual_seed(0)
     for out, dropout in ((3, False), (8, False), (3, True), (8, True)):
         shapes = ((6, 5), (out, 5), (2, 5), (out, 2), (6, 5))
