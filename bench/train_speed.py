@@ -79,7 +79,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     headloss.LSE_KERNEL = "-inductorlse" not in contender
     lora_addmm.WIDEN = "-nowiden" not in contender
     if "-nowiden" in contender:  # it changes the operator's fake, not the traced graph:
-        torch._inductor.config.fx_graph_cache = False  # a compile cached by another contender would not see them
+        torch._inductor.config.fx_graph_cache = False  # a compile cached by another contender would not see it
         torch._functorch.config.enable_autograd_cache = False
     accumulation = option("accum", 1)
     if "-nocudnn" in contender:

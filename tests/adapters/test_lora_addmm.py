@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapters.config import TrainConfig
-from adapters.lora_addmm import lora_linear, use_lora_addmm
+from adapters.lora_addmm import lora_linear, lora_linear_backward, use_lora_addmm
 from adapters.loss import supervised_nll
 from adapters.packing import collate
 from adapters.tokenize import TokenizedExample
@@ -156,8 +156,6 @@ def test_lora_linear_operator_registrations() -> None:
     sees them (`torch.library.opcheck`), and the value against the two products summed: narrowing (the product
     added into the output), widening (inputs side by side), and with LoRA dropout's copy of the input feeding
     lora_a."""
-    import adapters.lora_addmm as lora_addmm
-
     torch.manual_seed(0)
     for out, dropout in ((3, False), (8, False), (3, True), (8, True)):
         shapes = ((6, 5), (out, 5), (2, 5), (out, 2), (6, 5))
@@ -172,4 +170,4 @@ def test_lora_linear_operator_registrations() -> None:
         assert torch.autograd.gradcheck(lambda *a: lora_linear(*a)[0], inputs)
         grad = torch.randn(6, out, dtype=torch.float64)
         saved = [None if t is None else t.detach() for t in (*inputs, inner)]
-        torch.library.opcheck(lora_addmm.lora_linear_backward, (grad, *saved))  # no gradient of gradients
+        torch.library.opcheck(lora_linear_backward, (grad, *saved))  # no gradient of gradients
