@@ -5,7 +5,8 @@ sdpa (cuDNN on an H100) the way the trainer calls it. Random inputs; the masks a
 
     python bench/attention_speed.py --model gemma-3-270m --variants sdpa,default,b64x64x64x64s1w8
 
-Variants: `sdpa`; `cudnn` (harness.cudnn_attention: the window in cuDNN's kernels, no mask tensor); `default`
+Variants: `sdpa`; `cudnn` (harness.cudnn_attention: the window in cuDNN's kernels, no mask tensor; a soft-cap in
+`-c<N>` query slices, harness.cudnn_attention.CAPPED_CHUNKS without); `default`
 (flex, torch's options for the head size); `tuned` (harness.attention's options for this device and head size,
 what the trainer passes for flex); or flex with `f<BLOCK_M>x<BLOCK_N>s<stages>w
 <warps>` (forward kernel) and/or `b<BLOCK_M1>x<BLOCK_N1>x<BLOCK_N2>x<BLOCK_M2>s<stages>w<warps>` (backward),
@@ -63,11 +64,13 @@ def layer_attention(config: dict[str, Any], kind: str, variant: str, rows: int, 
     segments = torch.ones(rows, length, dtype=torch.long, device="cuda")
     scale = config["query_pre_attn_scalar"] ** -0.5
     softcap = config.get("attn_logit_softcapping")
-    if variant == "cudnn":
-        from harness.cudnn_attention import cudnn_attention
+    if found := re.fullmatch(r"cudnn(?:-c(\d+))?", variant):
+        from harness.cudnn_attention import CAPPED_CHUNKS, cudnn_attention
+
+        chunks = int(found.group(1) or CAPPED_CHUNKS)
 
         def cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return cudnn_attention(q, k, v, scale, window or 0)[0].transpose(1, 2)
+            return cudnn_attention(q, k, v, scale, window or 0, float(softcap or 0), chunks)[0].transpose(1, 2)
 
         return cudnn
     if variant == "sdpa":

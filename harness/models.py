@@ -256,7 +256,7 @@ def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
     from transformers import AutoModelForCausalLM
 
     if options.attention == "cudnn":
-        _check_cudnn_attention(checkpoint)
+        _check_cudnn_attention()
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint,
         dtype=options.resolved_dtype(),
@@ -271,9 +271,7 @@ def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
     return model
 
 
-def _check_cudnn_attention(checkpoint: Path) -> None:
-    from transformers import AutoConfig
-
+def _check_cudnn_attention() -> None:
     from harness import cudnn_attention
 
     if not cudnn_attention.available():
@@ -281,12 +279,6 @@ def _check_cudnn_attention(checkpoint: Path) -> None:
             "attention: cudnn needs a CUDA device and the cuDNN frontend",
             field="attention",
             hint="install the cudnn extra (pip install -e '.[cudnn]') or use attention: auto",
-        )
-    if caps_attention(AutoConfig.from_pretrained(checkpoint)):
-        raise HarnessError(
-            f"attention: cudnn cannot soft-cap attention logits, which {checkpoint.name} does",
-            field="attention",
-            hint="use attention: auto (flex attention for this model)",
         )
     cudnn_attention.register()
 

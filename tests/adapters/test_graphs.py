@@ -89,6 +89,29 @@ def test_graphed_steps_equal_eager_steps(tiny_gemma3: Callable[..., torch.nn.Mod
     assert_same_training(eager, graph)
 
 
+@pytest.mark.skipif(not cudnn_attention.available(), reason="no cuDNN frontend")
+def test_soft_capped_attention_on_cudnn_under_graphs_trains_as_eager_attention() -> None:
+    """A tiny random Gemma 2 (soft-capped attention logits, at 0.5 so that the cap bends them) on cuDNN (its score
+    modifier, in query slices; the packed rows on Gemma 2's eager attention), replayed as CUDA graphs, against
+    the same steps run eagerly on transformers' eager attention, which computes Gemma 2's attention as written."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    config = Gemma2Config(
+        vocab_size=1024, hidden_size=64, intermediate_size=128, head_dim=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, sliding_window=16, attn_logit_softcapping=0.5,
+    )  # fmt: skip
+    cudnn_attention.register()
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    models = []
+    for attention in ("eager", cudnn_attention.NAME):
+        base = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+        models.append(get_peft_model(base.to("cuda", torch.bfloat16).train(), lora))
+    models[1].load_state_dict(models[0].state_dict())
+    assert_same_training(run_steps(models[0], graphed=False), run_steps(models[1], graphed=True))
+
+
 def test_kept_activations_give_the_recomputed_gradients(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
     """Compiled, checkpointed layers keeping a fifth of their activations (`keep_activations: 0.2`, flex attention,
     as the trainer sets them up), replayed as CUDA graphs, against the same layers recomputing everything: every

@@ -198,19 +198,28 @@ def test_options_that_conflict_name_file_line_and_field(
         load_train_config(None, dict(yaml.safe_load(text)))
 
 
-def test_kept_activations_move_auto_attention_off_sdpa(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
-    """On a GPU, `attention: auto` with `keep_activations` gives flex attention (kept cuDNN sdpa outputs broke the
-    gradients, BENCHMARKS.md runs 38-52). A tiny random Gemma 3 stands in: only its attention setting is read."""
+def test_auto_attention_on_a_gpu(tiny_gemma3: Callable[..., torch.nn.Module]) -> None:
+    """On a GPU, `attention: auto` gives cuDNN's kernels where the frontend is installed, soft-capped models
+    (Gemma 2) included, and flex attention to soft-capped models without it and to any with `keep_activations`
+    (kept cuDNN sdpa outputs broke the gradients, BENCHMARKS.md runs 38-52). Tiny random models stand in: only
+    their attention setting is read."""
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
     from adapters.trainer import _faster_attention
     from harness import cudnn_attention
 
-    def chosen(keep: float) -> str:
-        model = tiny_gemma3()
+    def chosen(model: torch.nn.Module, keep: float) -> str:
         _faster_attention(model, TrainConfig(compile=True, gradient_checkpointing=True, keep_activations=keep))
         return model.config._attn_implementation
 
-    assert chosen(0.0) == ("cudnn" if cudnn_attention.available() else "sdpa")  # a GPU with the cudnn extra
-    assert chosen(0.05) == "flex_attention"
+    def gemma2() -> torch.nn.Module:
+        config = Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, head_dim=8, num_hidden_layers=1)
+        return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+
+    frontend = cudnn_attention.available()  # a GPU with the cudnn extra
+    assert chosen(tiny_gemma3(), 0.0) == ("cudnn" if frontend else "sdpa")
+    assert chosen(gemma2(), 0.0) == ("cudnn" if frontend else "flex_attention")
+    assert chosen(tiny_gemma3(), 0.05) == chosen(gemma2(), 0.05) == "flex_attention"
 
 
 def test_sliced_mlps_give_the_same_loss_and_gradients() -> None:

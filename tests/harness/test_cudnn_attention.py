@@ -1,5 +1,5 @@
-"""cuDNN attention with sliding windows (harness.cudnn_attention) against sdpa given the same mask as a tensor, in
-float32; where it is refused; and the masks the loss hands it.
+"""cuDNN attention with sliding windows and soft-capped logits (harness.cudnn_attention) against float32 attention
+given the same mask as a tensor; where it hands over to other attention; and the masks the loss hands it.
 
 The kernels need a GPU and the cuDNN frontend (the `cudnn` extra): those tests are marked gpu and skip here."""
 
@@ -14,62 +14,85 @@ from harness import cudnn_attention
 needs_cudnn = pytest.mark.skipif(not cudnn_attention.available(), reason="needs a CUDA device and the cuDNN frontend")
 
 
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int) -> torch.Tensor:
-    """sdpa in float32 with the mask as a tensor: query i sees key j iff j <= i and i - j < window (window > 0)."""
+def reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int, cap: float = 0.0
+) -> torch.Tensor:
+    """Attention in float32 with the mask as a tensor: query i sees key j iff j <= i and i - j < window (window
+    > 0); the logits soft-capped at `cap` (cap * tanh(logit / cap)) where cap > 0, as Gemma 2's eager attention."""
     length = q.shape[2]
     query, key = torch.arange(length, device=q.device)[:, None], torch.arange(length, device=q.device)[None, :]
     allowed = (key <= query) & ((query - key < window) if window else True)
     groups = q.shape[1] // k.shape[1]
     k, v = k.float().repeat_interleave(groups, 1), v.float().repeat_interleave(groups, 1)
-    output = torch.nn.functional.scaled_dot_product_attention(q.float(), k, v, attn_mask=allowed, scale=scale)
+    logits = q.float() @ k.transpose(2, 3) * scale
+    if cap:
+        logits = cap * torch.tanh(logits / cap)
+    output = logits.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
     return output.transpose(1, 2)
+
+
+CASES = [  # heads, kv_heads, dim, length, window, cap, chunks
+    (4, 1, 256, 200, 48, 0.0, 1),
+    (4, 2, 64, 300, 0, 0.0, 1),
+    (4, 2, 256, 300, 0, 5.0, 4),
+    (2, 1, 64, 200, 48, 5.0, 3),
+]
 
 
 @pytest.mark.gpu
 @needs_cudnn
-@pytest.mark.parametrize(("heads", "kv_heads", "dim", "length", "window"), [(4, 1, 256, 200, 48), (4, 2, 64, 300, 0)])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim", "length", "window", "cap", "chunks"), CASES)
 @pytest.mark.parametrize("layout", ["contiguous", "projected"])
-def test_output_and_gradients_match_masked_sdpa(
-    heads: int, kv_heads: int, dim: int, length: int, window: int, layout: str
+def test_output_and_gradients_match_masked_attention(
+    heads: int, kv_heads: int, dim: int, length: int, window: int, cap: float, chunks: int, layout: str
 ) -> None:
-    """Grouped heads, lengths that are no multiple of the kernels' tiles, a window shorter than the rows and none;
-    q, k, v contiguous or as transformers passes them (a [rows x T x heads x D] projection, transposed)."""
+    """Grouped heads, lengths that are no multiple of the kernels' tiles, a window shorter than the rows and none,
+    soft-capped logits in query slices (a cap of 5 bends most logits); q, k, v contiguous or as transformers
+    passes them (a [rows x T x heads x D] projection, transposed)."""
     generator = torch.Generator(device="cuda").manual_seed(0)
 
     def tensor(count: int) -> torch.Tensor:
         shape = (2, count, length, dim) if layout == "contiguous" else (2, length, count, dim)
-        values = torch.randn(shape, generator=generator, device="cuda", dtype=torch.bfloat16)
+        values = 2 * torch.randn(shape, generator=generator, device="cuda", dtype=torch.bfloat16)
         return (values if layout == "contiguous" else values.transpose(1, 2)).requires_grad_()
 
     q, k, v = tensor(heads), tensor(kv_heads), tensor(kv_heads)
     grad = torch.randn(2, length, heads, dim, generator=generator, device="cuda", dtype=torch.bfloat16)
     scale = dim**-0.5
-    output, stats = cudnn_attention.cudnn_attention(q, k, v, scale, window)
+    output, stats = cudnn_attention.cudnn_attention(q, k, v, scale, window, cap, chunks)
     assert output.shape == (2, length, heads, dim) and stats.dtype == torch.float32
     got = (output, *torch.autograd.grad(output, (q, k, v), grad))
     leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    expected_output = reference(*leaves, scale, window)
+    expected_output = reference(*leaves, scale, window, cap)
     expected = (expected_output, *torch.autograd.grad(expected_output, leaves, grad.float()))
     errors = {}
     for name, value, truth in zip(["output", "dq", "dk", "dv"], got, expected, strict=True):
         errors[name] = float((value.float() - truth).norm() / truth.norm())
-        assert errors[name] < 2e-2, f"{name}: {errors[name]:.2e} from float32 sdpa"
+        assert errors[name] < 2e-2, f"{name}: {errors[name]:.2e} from float32 attention"
     if window:  # closer to this window than to one key less: bf16's rounding is not what the tolerance hides
-        narrower = reference(*leaves, scale, window - 1)
+        narrower = reference(*leaves, scale, window - 1, cap)
         assert errors["output"] < float((output.float() - narrower).norm() / narrower.norm()) / 2
+    if cap:  # and closer to the cap than to none
+        uncapped = reference(*leaves, scale, window)
+        assert errors["output"] < float((output.float() - uncapped).norm() / uncapped.norm()) / 2
 
 
 @pytest.mark.gpu
 @needs_cudnn
-def test_replays_under_a_cuda_graph_and_compiles() -> None:
+@pytest.mark.parametrize(("cap", "chunks"), [(0.0, 1), (3.0, 2)])
+def test_replays_under_a_cuda_graph_and_compiles(cap: float, chunks: int) -> None:
     """Captured in a CUDA graph (the trainer's micro-steps) and called from a compiled function (its layers),
-    forward and backward."""
+    forward and backward; plain and soft-capped in query slices."""
     generator = torch.Generator(device="cuda").manual_seed(1)
     q = torch.randn(2, 4, 128, 64, generator=generator, device="cuda", dtype=torch.bfloat16)
     k, v = q[:, :2].clone(), q[:, 2:].clone()
-    attend = torch.compile(lambda q, k, v: cudnn_attention.cudnn_attention(q, k, v, 0.125, 32)[0] * 2)
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return cudnn_attention.cudnn_attention(q, k, v, 0.125, 32, cap, chunks)[0] * 2
+
+    attend = torch.compile(attention)
     expected = attend(q, k, v)
-    assert float((expected.float() / 2 - reference(q, k, v, 0.125, 32)).abs().max()) < 2e-2
+    assert float((expected.float() / 2 - reference(q, k, v, 0.125, 32, cap)).abs().max()) < 2e-2
     static = [t.clone() for t in (q, k, v)]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -79,9 +102,7 @@ def test_replays_under_a_cuda_graph_and_compiles() -> None:
     assert torch.equal(captured, attend(q.flip(2), k, v))
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     compiled = torch.autograd.grad(attend(*leaves).float().square().sum(), leaves)  # the backward compiled too
-    eager = torch.autograd.grad(
-        (cudnn_attention.cudnn_attention(*leaves, 0.125, 32)[0] * 2).float().square().sum(), leaves
-    )
+    eager = torch.autograd.grad(attention(*leaves).float().square().sum(), leaves)
     for got, expected_grad in zip(compiled, eager, strict=True):
         assert float((got.float() - expected_grad.float()).norm() / expected_grad.float().norm()) < 1e-2
 
@@ -118,16 +139,33 @@ def test_fake_outputs_have_the_real_ones_layouts() -> None:
     assert [g.stride() for g in grads] == [q.stride(), k.stride(), v.stride()]
 
 
-def test_refused_without_a_gpu_or_with_soft_capped_logits() -> None:
+def test_refused_without_a_gpu() -> None:
     from harness.errors import HarnessError
     from harness.models import ModelOptions, load_model
 
-    if not cudnn_attention.available():
-        with pytest.raises(HarnessError, match="cudnn") as refused:
-            load_model(ModelOptions(attention="cudnn", device="cpu")).model  # noqa: B018
-        assert refused.value.field == "attention"
-    with pytest.raises(ValueError, match="soft-cap"):
-        cudnn_attention.attention_forward(None, *[torch.zeros(1, 1, 4, 8)] * 3, None, softcap=50.0)
+    if cudnn_attention.available():
+        pytest.skip("a GPU and the cuDNN frontend are here")
+    with pytest.raises(HarnessError, match="cudnn") as refused:
+        load_model(ModelOptions(attention="cudnn", device="cpu")).model  # noqa: B018
+    assert refused.value.field == "attention"
+
+
+def test_soft_capped_logits_the_kernels_cannot_take_run_the_models_eager_attention() -> None:
+    """A mask tensor (or a CPU) with soft-capped logits: sdpa would drop the cap, so Gemma 2's own eager attention
+    runs (a tiny random Gemma 2 layer's attention module)."""
+    from transformers import Gemma2Config
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2Attention, eager_attention_forward
+
+    config = Gemma2Config(hidden_size=16, num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    module = Gemma2Attention(config, layer_idx=0)
+    generator = torch.Generator().manual_seed(3)
+    q = 8 * torch.randn(1, 2, 5, 8, generator=generator)
+    k, v = (8 * torch.randn(1, 1, 5, 8, generator=generator) for _ in range(2))
+    mask = torch.zeros(1, 1, 5, 5).masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    got, _ = cudnn_attention.attention_forward(module, q, k, v, mask, scaling=0.25, softcap=2.0)
+    expected, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25, softcap=2.0)
+    uncapped, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
+    assert torch.equal(got, expected) and not torch.allclose(got, uncapped, atol=1e-2)
 
 
 def test_rows_of_one_example_need_no_mask_and_packed_rows_keep_theirs() -> None:
