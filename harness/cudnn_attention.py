@@ -282,7 +282,10 @@ def attention_forward(
     fits = attention_mask is None and not dropout and query.is_cuda and query.dtype in (torch.bfloat16, torch.half)
     if not fits or query.shape[2] != key.shape[2] or not getattr(module, "is_causal", True):  # decoding: sdpa
         if softcap:
-            eager = sys.modules[type(module).__module__].eager_attention_forward
+            eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+            if eager is None:
+                raise ValueError(f"cudnn attention: {type(module).__name__} soft-caps its logits and has no eager "
+                                 "attention for rows the kernels cannot take: use flex_attention")  # fmt: skip
             return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                          sliding_window=sliding_window, softcap=softcap, **kwargs)  # fmt: skip
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

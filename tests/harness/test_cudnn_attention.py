@@ -124,6 +124,18 @@ def test_decoding_against_a_longer_cache_runs_sdpa() -> None:
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize(("length", "window", "chunks"), [(1024, 0, 2), (300, 0, 4), (200, 48, 3), (7, 0, 4)])
+def test_query_slices_cover_every_query_once_with_every_key_it_sees(length: int, window: int, chunks: int) -> None:
+    """The soft-capped path's slices (CPU: plain arithmetic): every query in exactly one slice, each slice's keys
+    from the first one its first query sees to its last query; with 2 slices of 1024, 3/4 of the square."""
+    spans = cudnn_attention._spans(length, window, chunks)
+    assert [first for first, _, _ in spans] == [0] + [end for _, end, _ in spans[:-1]] and spans[-1][1] == length
+    for first, _, key in spans:
+        assert key == (max(0, first - window + 1) if window else 0)
+    if (length, chunks) == (1024, 2):
+        assert sum((end - first) * (end - key) for first, end, key in spans) == length * length * 3 // 4
+
+
 def test_fake_outputs_have_the_real_ones_layouts() -> None:
     """What the compiler plans with (the operators' fake implementations, run on any device): the output in
     transformers' [rows x T x heads x D] layout, float32 statistics, gradients laid out like their inputs."""
