@@ -31,31 +31,48 @@ import torch
 WIDEN = True  # False: every product added into the output (bench/train_speed.py -nowiden compares)
 
 
-def _widened(weight: torch.Tensor, lora_b: torch.Tensor) -> bool:
-    """Whether the LoRA product goes in as more input columns (copying the inputs moves 2 x tokens x (in + r)
-    elements) rather than into the output (reading and writing it again moves 2 x tokens x out)."""
-    return WIDEN and weight.shape[0] > weight.shape[1] + lora_b.shape[1]
+def layout(out: int, width: int, rank: int) -> str:
+    """How a projection [width -> out] takes its LoRA product. `input`: as r more input columns,
+    `[x | inner] @ [W | B]^T`, where copying the inputs (tokens x (width + r)) moves less than reading and writing
+    the output again (tokens x out); in the backward that one weight gives x's and inner's gradients at once.
+    `gradient`: added into the output, and in the backward x's gradient is one matmul over
+    `[grad | grad @ B] @ [W ; A]`, where copying the output's gradient moves less than reading and writing x's
+    gradient again. `plain`: both products added."""
+    if WIDEN and out > width + rank:
+        return "input"
+    if WIDEN and width > out + rank:
+        return "gradient"
+    return "plain"
+
+
+def _layout_of(x: torch.Tensor, weight: torch.Tensor, lora_b: torch.Tensor) -> str:
+    out, rank = lora_b.shape
+    if weight.shape == (out, x.shape[1] + rank):
+        return "input"
+    return "gradient" if weight.shape == (out + rank, x.shape[1]) else "plain"
 
 
 @torch.library.custom_op("adapters::lora_linear", mutates_args=())
 def lora_linear(
     x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x @ weight^T + inner @ lora_b^T` with `inner = a @ lora_a^T` (a: `dropped`, LoRA dropout's copy of x, where
+    """`x @ W^T + inner @ lora_b^T` with `inner = a @ lora_a^T` (a: `dropped`, LoRA dropout's copy of x, where
     given, else x itself), for 2-D x [tokens x in] and lora_a already scaled; returns the sum and `inner` (which the
-    backward reads). Widened, one matmul over [x | inner]; else the LoRA product is accumulated into the base
-    output (cuBLAS's beta = 1)."""
+    backward reads). `weight` is W [out x in] or, laid out as `layout` says, `[W | lora_b]` or `[W ; lora_a]`
+    (the caller's copies of the same values; their gradients come through lora_a and lora_b)."""
     inner = torch.mm(x if dropped is None else dropped, lora_a.t())
-    if _widened(weight, lora_b):
-        return torch.mm(torch.cat([x, inner], dim=1), torch.cat([weight, lora_b], dim=1).t()), inner
-    return torch.mm(x, weight.t()).addmm_(inner, lora_b.t()), inner
+    kind = _layout_of(x, weight, lora_b)
+    if kind == "input":
+        return torch.mm(torch.cat([x, inner], dim=1), weight.t()), inner
+    dense = weight[: lora_b.shape[0]] if kind == "gradient" else weight
+    return torch.mm(x, dense.t()).addmm_(inner, lora_b.t()), inner
 
 
 @lora_linear.register_fake
 def _(
     x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return x.new_empty((x.shape[0], weight.shape[0])), x.new_empty((x.shape[0], lora_a.shape[0]))
+    return x.new_empty((x.shape[0], lora_b.shape[0])), x.new_empty((x.shape[0], lora_a.shape[0]))
 
 
 @torch.library.custom_op("adapters::lora_linear_backward", mutates_args=())
@@ -69,18 +86,25 @@ def lora_linear_backward(
     inner: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of x, lora_a, lora_b and dropped (empty without dropout) from the sum's. x's two parts are
-    one matmul and one accumulation into it (widened: the first gives grad @ lora_b too), not two [tokens x in]
-    tensors and their sum."""
-    if _widened(weight, lora_b):
-        both = grad @ torch.cat([weight, lora_b], dim=1)
-        grad_x, grad_inner = both[:, : x.shape[1]], both[:, x.shape[1] :].contiguous()
+    one matmul, and one accumulation into it where the layout does not make them one matmul: never two
+    [tokens x in] tensors and their sum."""
+    kind = _layout_of(x, weight, lora_b)
+    out, width = lora_b.shape[0], x.shape[1]
+    if kind == "input":
+        both = grad @ weight
+        grad_x, grad_inner = both[:, :width], both[:, width:].contiguous()
+    elif kind == "gradient":
+        grad_inner = grad @ lora_b
+        grad_x = grad @ weight[:out] if dropped is not None else torch.cat([grad, grad_inner], dim=1) @ weight
     else:
         grad_x, grad_inner = grad @ weight, grad @ lora_b
     grad_a = grad_inner.t() @ (x if dropped is None else dropped)
     grad_b = grad.t() @ inner
     if dropped is not None:
         return grad_x, grad_a, grad_b, grad_inner @ lora_a
-    return grad_x.addmm_(grad_inner, lora_a), grad_a, grad_b, x.new_empty(0)
+    if kind != "gradient":
+        grad_x = grad_x.addmm_(grad_inner, lora_a)
+    return grad_x, grad_a, grad_b, x.new_empty(0)
 
 
 @lora_linear_backward.register_fake
@@ -94,8 +118,10 @@ def _(
     inner: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     tokens, width = x.shape
-    widened = _widened(weight, lora_b)
-    grad_x = x.new_empty((tokens, width + lora_b.shape[1]))[:, :width] if widened else x.new_empty(x.shape)
+    if _layout_of(x, weight, lora_b) == "input":
+        grad_x = x.new_empty((tokens, width + lora_b.shape[1]))[:, :width]
+    else:
+        grad_x = x.new_empty(x.shape)
     dropped_grad = x.new_empty(0) if dropped is None else torch.empty_like(dropped)
     return grad_x, torch.empty_like(lora_a), torch.empty_like(lora_b), dropped_grad
 
@@ -135,19 +161,37 @@ def use_lora_addmm(model: Any) -> int:
     return switched
 
 
-def _dense_weight(base: Any, dtype: torch.dtype) -> torch.Tensor | None:
-    """The base layer's weight as a dense [out x in] matrix in `dtype`, where the layer is a plain linear layer or
-    an NF4 one computing in `dtype`, without bias; None for any other layer."""
-    if getattr(base, "bias", None) is not None:
-        return None
-    if type(base) is torch.nn.Linear:
-        return base.weight.to(dtype)
+def _weight(base: Any, dtype: torch.dtype, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor | None:
+    """The base layer's weight as a dense matrix in `dtype` laid out for `lora_linear` (`laid_out`), where the
+    layer is a plain linear layer or an NF4 one computing in `dtype`, without bias; None for any other layer. An
+    NF4 weight on a GPU is dequantized straight into the wider matrix (adapters/nf4.py)."""
     quant_state = getattr(base.weight, "quant_state", None)
-    if type(base).__name__ != "Linear4bit" or quant_state is None or base.compute_dtype not in (None, dtype):
+    nf4_layer = type(base).__name__ == "Linear4bit" and quant_state is not None
+    if getattr(base, "bias", None) is not None or not (type(base) is torch.nn.Linear or nf4_layer):
         return None
+    if not nf4_layer:
+        return laid_out(base.weight.to(dtype), lora_a, lora_b)
+    if base.compute_dtype not in (None, dtype):
+        return None
+    from adapters import nf4
+
+    kind = layout(base.out_features, base.in_features, lora_a.shape[0])
+    right, below = (lora_b.detach() if kind == "input" else None), (lora_a.detach() if kind == "gradient" else None)
+    widened = nf4.dequantize(base.weight.data, quant_state, dtype, right, below)
+    if widened is not None:
+        return widened
     from bitsandbytes.functional import dequantize_4bit
 
-    return dequantize_4bit(base.weight.data, quant_state).to(dtype)
+    return laid_out(dequantize_4bit(base.weight.data, quant_state).to(dtype), lora_a, lora_b)
+
+
+def laid_out(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+    """W [out x in] as `lora_linear` takes it: `[W | lora_b]`, `[W ; lora_a]` or W alone, as `layout` says (the
+    LoRA matrices' values copied in, detached)."""
+    kind = layout(weight.shape[0], weight.shape[1], lora_a.shape[0])
+    if kind == "input":
+        return torch.cat([weight, lora_b.detach()], dim=1)
+    return torch.cat([weight, lora_a.detach()]) if kind == "gradient" else weight
 
 
 @functools.cache
@@ -159,15 +203,17 @@ def _addmm_class(lora_class: Any) -> Any:
         active = [n for n in self.active_adapters if n in self.lora_A]
         autocast = torch.is_autocast_enabled(x.device.type)  # under autocast the matmuls pick their own dtype
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        dense = _dense_weight(self.base_layer, dtype) if len(active) == 1 and not kwargs else None
-        if dense is not None:
+        if len(active) == 1 and not kwargs:
             (name,) = active
-            flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
-            dropout = self.lora_dropout[name]
-            dropped = dropout(flat_x) if dropout.training and getattr(dropout, "p", 0) > 0 else None
             lora_a = (self.lora_A[name].weight * self.scaling[name]).to(dtype)
-            flat, _ = lora_linear(flat_x, dense, lora_a, self.lora_B[name].weight.to(dtype), dropped)
-            return flat.view(*x.shape[:-1], flat.shape[-1])
+            lora_b = self.lora_B[name].weight.to(dtype)
+            weight = _weight(self.base_layer, dtype, lora_a, lora_b)
+            if weight is not None:
+                flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
+                dropout = self.lora_dropout[name]
+                dropped = dropout(flat_x) if dropout.training and getattr(dropout, "p", 0) > 0 else None
+                flat, _ = lora_linear(flat_x, weight, lora_a, lora_b, dropped)
+                return flat.view(*x.shape[:-1], flat.shape[-1])
         products = []
         for name in active:
             lora_a, weight = self.lora_A[name], self.lora_B[name].weight

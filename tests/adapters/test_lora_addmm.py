@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapters.config import TrainConfig
-from adapters.lora_addmm import lora_linear, lora_linear_backward, use_lora_addmm
+from adapters.lora_addmm import laid_out, layout, lora_linear, lora_linear_backward, use_lora_addmm
 from adapters.loss import supervised_nll
 from adapters.packing import collate
 from adapters.tokenize import TokenizedExample
@@ -118,7 +119,7 @@ def test_addmm_lora_under_autocast_takes_the_fused_operator(
         fused = run(True)
     assert any(event.key == "adapters::lora_linear" for event in profile.key_averages())
     reference, peft = run(False, "float32"), run(False)
-    monkeypatch.setattr(lora_addmm, "_dense_weight", lambda base, dtype: None)
+    monkeypatch.setattr(lora_addmm, "_weight", lambda *args: None)
     unfused = run(True)
 
     def error(got: tuple[float, dict[str, torch.Tensor]]) -> float:
@@ -151,23 +152,32 @@ def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., t
         _assert_same(_loss_and_gradients(compiled(True)), _loss_and_gradients(compiled(False)), 1e-5)
 
 
+def _laid_out_sum(
+    weight: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dropped: torch.Tensor | None
+) -> torch.Tensor:
+    return lora_linear(x, laid_out(weight, a, b), a, b, dropped)[0]
+
+
 def test_lora_linear_operator_registrations() -> None:
     """The fused operator's and its backward's fake (shape) functions and the autograd formula, as torch.compile
-    sees them (`torch.library.opcheck`), and the value against the two products summed: narrowing (the product
-    added into the output), widening (inputs side by side), and with LoRA dropout's copy of the input feeding
-    lora_a."""
+    sees them (`torch.library.opcheck`), and the value against the two products summed, in each layout: widening
+    (inputs side by side), narrowing (the product added into the output, x's gradient one matmul over the
+    output's gradient side by side), neither, and with LoRA dropout's copy of the input feeding lora_a."""
     torch.manual_seed(0)
-    for out, dropout in ((3, False), (8, False), (3, True), (8, True)):
+    kinds = set()
+    for out, dropout in ((2, False), (3, False), (8, False), (2, True), (3, True), (8, True)):
+        kinds.add(layout(out, 5, 2))
         shapes = ((6, 5), (out, 5), (2, 5), (out, 2), (6, 5))
         x, weight, lora_a, lora_b, dropped = (torch.randn(shape, dtype=torch.float64) for shape in shapes)
         for tensor in (x, lora_a, lora_b, dropped):
             tensor.requires_grad_()
-        inputs = (x, weight, lora_a, lora_b, dropped if dropout else None)
+        inputs = (x, laid_out(weight, lora_a, lora_b), lora_a, lora_b, dropped if dropout else None)
         torch.library.opcheck(lora_linear, inputs)
         result, inner = lora_linear(*inputs)
         expected_inner = (dropped if dropout else x) @ lora_a.T
         assert torch.allclose(inner, expected_inner) and torch.allclose(result, x @ weight.T + inner @ lora_b.T)
-        assert torch.autograd.gradcheck(lambda *a: lora_linear(*a)[0], inputs)
+        assert torch.autograd.gradcheck(functools.partial(_laid_out_sum, weight), (x, lora_a, lora_b, inputs[4]))
         grad = torch.randn(6, out, dtype=torch.float64)
         saved = [None if t is None else t.detach() for t in (*inputs, inner)]
         torch.library.opcheck(lora_linear_backward, (grad, *saved))  # no gradient of gradients
+    assert kinds == {"input", "gradient", "plain"}

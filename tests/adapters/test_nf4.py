@@ -1,0 +1,114 @@
+"""adapters/nf4.py: NF4 weights dequantized by one kernel into `lora_linear`'s layouts give bitsandbytes' values.
+
+On the CPU the kernel runs in Triton's interpreter against bitsandbytes' CPU backend (float32); on a GPU in bf16
+against bitsandbytes' CUDA kernels, to the bit, and inside QLoRA training (tiny Gemma 3) against peft's forward."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+pytest.importorskip("bitsandbytes")
+
+CASES = """
+import torch
+from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+from adapters.lora_addmm import laid_out
+from adapters.nf4 import nf4_dequantize
+
+def dequantized(packed, state, dtype, right, below):
+    nested = state.nested
+    return nf4_dequantize(
+        packed, state.absmax, state.state2.absmax if nested else None, state.state2.code if nested else None,
+        state.offset if nested else None, state.code.to(packed.device), *state.shape, state.blocksize,
+        state.state2.blocksize if nested else 1, dtype, right, below,
+    )
+
+def check(device, dtype):
+    generator = torch.Generator().manual_seed(0)
+    # rows x cols not a multiple of the 64-value block nor of the kernel's 1024; the widening and narrowing layouts
+    for rows, cols, nested in [(300, 20, True), (30, 200, True), (33, 70, False), (24, 7, True), (40, 42, True)]:
+        weight = (torch.randn(rows, cols, generator=generator) * 0.1).to(device, dtype)
+        lora_a = torch.randn(4, cols, generator=generator).to(device, dtype)
+        lora_b = torch.randn(rows, 4, generator=generator).to(device, dtype)
+        packed, state = quantize_4bit(weight, quant_type="nf4", compress_statistics=nested)
+        want = laid_out(dequantize_4bit(packed, state).to(dtype), lora_a, lora_b)
+        kind = "input" if want.shape[1] > cols else "gradient" if want.shape[0] > rows else "plain"
+        right, below = (lora_b if kind == "input" else None), (lora_a if kind == "gradient" else None)
+        got = dequantized(packed, state, dtype, right, below)
+        print(rows, cols, nested, kind, torch.equal(got, want), float((got.float() - want.float()).abs().max()))
+"""
+
+
+def _assert_exact(output: str, count: int) -> None:
+    lines = output.split("\n")[:-1]
+    assert len(lines) == count, output
+    assert all(line.split()[-2] == "True" for line in lines), output
+    assert {line.split()[3] for line in lines} == {"input", "gradient", "plain"}
+
+
+def test_kernel_gives_bitsandbytes_values_in_the_interpreter() -> None:
+    env = os.environ | {"TRITON_INTERPRET": "1"}
+    script = textwrap.dedent(CASES) + "\ncheck('cpu', torch.float32)\n"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_exact(done.stdout, 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_kernel_gives_bitsandbytes_values_to_the_bit() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CASES) + "\ncheck('cuda', torch.bfloat16)\n"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_exact(done.stdout, 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_qlora_step_through_the_kernel_gives_pefts_gradients(
+    tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path
+) -> None:
+    """The trainer's QLoRA model on a GPU, bf16: with `lora_addmm` (every NF4 weight through the kernel) against
+    peft's forward on the same weights, loss and LoRA gradients."""
+    from adapters.config import TrainConfig
+    from adapters.loss import supervised_nll
+    from adapters.packing import collate
+    from adapters.tokenize import TokenizedExample
+    from adapters.trainer import build_model
+
+    tiny_gemma3(width=64).save_pretrained(tmp_path / "tiny")
+    rows = [[TokenizedExample(input_ids=[(7 * i + 3 * row) % 500 + 1 for i in range(32)], labels=[5] * 32, line=1)]
+            for row in range(2)]  # fmt: skip
+    batch = collate(rows, pad_id=0)
+    results = []
+    for addmm in (True, False):
+        config = TrainConfig(model=str(tmp_path / "tiny"), quant="nf4", device="cuda", lora_r=4, lora_dropout=0.0,
+                             lora_addmm=addmm)  # fmt: skip
+        model, _ = build_model(config)
+        torch.manual_seed(1)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.data.normal_(std=0.1)
+        with torch.profiler.profile() as profile:
+            loss = supervised_nll(model.train(), batch)  # type: ignore[arg-type]
+            loss.backward()
+        kernels = sum(e.count for e in profile.key_averages() if e.key == "adapters::nf4_dequantize")
+        assert kernels == (14 if addmm else 0)  # 7 projections x 2 layers
+        results.append((float(loss), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss, grads), (peft_loss, peft_grads) = results
+    assert loss == pytest.approx(peft_loss, rel=1e-2)
+    assert grads.keys() == peft_grads.keys()
+    for name, grad in peft_grads.items():
+        assert float((grads[name] - grad).norm() / grad.norm()) < 3e-2, name
