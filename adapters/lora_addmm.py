@@ -142,8 +142,9 @@ lora_linear.register_autograd(_backward, setup_context=_setup)
 
 
 def use_lora_addmm(model: Any) -> int:
-    """Switch every LoRA linear layer of `model` to the addmm forward; returns how many were switched. The layers
-    change class rather than module, all of one base class to one class, so compiled layers still share graphs."""
+    """Switch every LoRA linear layer of `model` to the addmm forward and mark the projections of one input
+    (`SIBLINGS`); returns how many were switched. The layers change class rather than module, all of one base
+    class to one class, so compiled layers still share graphs."""
     from peft.tuners.lora import Linear
 
     classes: tuple[type, ...] = (Linear,)
@@ -158,31 +159,55 @@ def use_lora_addmm(model: Any) -> int:
         if type(module) in classes:
             module.__class__ = _addmm_class(module.__class__)
             switched += 1
+    for module in model.modules():
+        for names in SIBLINGS:
+            members = tuple(getattr(module, name, None) for name in names)
+            if all(getattr(member, "_siblings", None) == () for member in members):  # switched, not yet grouped
+                for member in members:
+                    member._siblings, member._pending = members, None  # a tuple: not registered as submodules
     return switched
 
 
-def _weight(base: Any, dtype: torch.dtype, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor | None:
-    """The base layer's weight as a dense matrix in `dtype` laid out for `lora_linear` (`laid_out`), where the
-    layer is a plain linear layer or an NF4 one computing in `dtype`, without bias; None for any other layer. An
-    NF4 weight on a GPU is dequantized straight into the wider matrix (adapters/nf4.py)."""
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Projections that read one input, by attribute name under one module: run as one `lora_linear`, the weights
+stacked and the LoRA B matrices block-diagonal (one matmul for all, one rank-side product, one for x's gradient).
+The first called computes all and hands the others theirs, checked to be of the same input."""
+
+
+def _dense_base(base: Any, dtype: torch.dtype) -> bool:
+    """Whether `lora_linear` runs this base layer: a plain linear layer or an NF4 one computing in `dtype`, no
+    bias."""
+    if getattr(base, "bias", None) is not None:
+        return False
+    if type(base) is torch.nn.Linear:
+        return True
     quant_state = getattr(base.weight, "quant_state", None)
-    nf4_layer = type(base).__name__ == "Linear4bit" and quant_state is not None
-    if getattr(base, "bias", None) is not None or not (type(base) is torch.nn.Linear or nf4_layer):
-        return None
-    if not nf4_layer:
-        return laid_out(base.weight.to(dtype), lora_a, lora_b)
-    if base.compute_dtype not in (None, dtype):
-        return None
+    return type(base).__name__ == "Linear4bit" and quant_state is not None and base.compute_dtype in (None, dtype)
+
+
+def _weight(bases: list[Any], dtype: torch.dtype, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+    """The base layers' weights stacked as one dense matrix in `dtype` and laid out for `lora_linear` with the
+    (stacked) LoRA matrices (`laid_out`). NF4 weights on a GPU are dequantized straight into it (adapters/nf4.py)."""
+    if type(bases[0]) is torch.nn.Linear:
+        return laid_out(_stacked([base.weight.to(dtype) for base in bases]), lora_a, lora_b)
     from adapters import nf4
 
-    kind = layout(base.out_features, base.in_features, lora_a.shape[0])
+    kind = layout(lora_b.shape[0], lora_a.shape[1], lora_a.shape[0])
     right, below = (lora_b.detach() if kind == "input" else None), (lora_a.detach() if kind == "gradient" else None)
-    widened = nf4.dequantize(base.weight.data, quant_state, dtype, right, below)
+    packed, states = [base.weight.data for base in bases], [base.weight.quant_state for base in bases]
+    widened = nf4.dequantize(packed, states, dtype, right, below)
     if widened is not None:
         return widened
     from bitsandbytes.functional import dequantize_4bit
 
-    return laid_out(dequantize_4bit(base.weight.data, quant_state).to(dtype), lora_a, lora_b)
+    weights = [dequantize_4bit(weight, state).to(dtype) for weight, state in zip(packed, states, strict=True)]
+    return laid_out(_stacked(weights), lora_a, lora_b)
+
+
+def _stacked(tensors: list[torch.Tensor], diagonal: bool = False) -> torch.Tensor:
+    if len(tensors) == 1:
+        return tensors[0]
+    return torch.block_diag(*tensors) if diagonal else torch.cat(tensors)
 
 
 def laid_out(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
@@ -194,27 +219,50 @@ def laid_out(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -
     return torch.cat([weight, lora_a.detach()]) if kind == "gradient" else weight
 
 
+def _fused(members: tuple[Any, ...], x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor] | None:
+    """The outputs of `members` (LoRA layers reading x) by one `lora_linear`; None where one of them cannot run
+    as the operator (its peft forward does), or where siblings would each drop out their own copy of x."""
+    operands = []
+    for member in members:
+        active = [n for n in member.active_adapters if n in member.lora_A]
+        if len(active) != 1 or not _dense_base(member.base_layer, dtype):
+            return None
+        (name,) = active
+        lora_a = (member.lora_A[name].weight * member.scaling[name]).to(dtype)
+        operands.append((member.base_layer, lora_a, member.lora_B[name].weight.to(dtype), member.lora_dropout[name]))
+    dropout = operands[0][3]
+    dropping = [d.training and getattr(d, "p", 0) > 0 for *_, d in operands]
+    if any(dropping) and len(members) > 1:
+        return None
+    flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
+    dropped = dropout(flat_x) if dropping[0] else None
+    lora_a, lora_b = _stacked([o[1] for o in operands]), _stacked([o[2] for o in operands], diagonal=True)
+    flat, _ = lora_linear(flat_x, _weight([o[0] for o in operands], dtype, lora_a, lora_b), lora_a, lora_b, dropped)
+    parts = flat.split([o[2].shape[0] for o in operands], dim=1) if len(members) > 1 else (flat,)
+    return [part.view(*x.shape[:-1], part.shape[-1]) for part in parts]
+
+
 @functools.cache
 def _addmm_class(lora_class: Any) -> Any:
     def forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         biased = any(layer.bias is not None for layer in self.lora_B.values())
         if self.disable_adapters or self.merged or self.lora_variant or biased or "adapter_names" in kwargs or args:
             return lora_class.forward(self, x, *args, **kwargs)  # what training never does: peft's own path
-        active = [n for n in self.active_adapters if n in self.lora_A]
         autocast = torch.is_autocast_enabled(x.device.type)  # under autocast the matmuls pick their own dtype
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-        if len(active) == 1 and not kwargs:
-            (name,) = active
-            lora_a = (self.lora_A[name].weight * self.scaling[name]).to(dtype)
-            lora_b = self.lora_B[name].weight.to(dtype)
-            weight = _weight(self.base_layer, dtype, lora_a, lora_b)
-            if weight is not None:
-                flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
-                dropout = self.lora_dropout[name]
-                dropped = dropout(flat_x) if dropout.training and getattr(dropout, "p", 0) > 0 else None
-                flat, _ = lora_linear(flat_x, weight, lora_a, lora_b, dropped)
-                return flat.view(*x.shape[:-1], flat.shape[-1])
+        if self._pending is not None:  # a sibling's doing: (its input, this layer's output)
+            handed, self._pending = self._pending, None
+            if handed[0] is x:
+                return handed[1]
+        if not kwargs:
+            members = self._siblings if self._siblings and self is self._siblings[0] else (self,)
+            outputs = _fused(members, x, dtype) or (_fused((self,), x, dtype) if len(members) > 1 else None)
+            if outputs is not None:
+                for member, output in zip(members[1 : len(outputs)], outputs[1:], strict=True):
+                    member._pending = (x, output)
+                return outputs[0]
         products = []
+        active = [n for n in self.active_adapters if n in self.lora_A]
         for name in active:
             lora_a, weight = self.lora_A[name], self.lora_B[name].weight
             inner = lora_a(self.lora_dropout[name](x if autocast else x.to(lora_a.weight.dtype))) * self.scaling[name]
@@ -227,4 +275,5 @@ def _addmm_class(lora_class: Any) -> Any:
             result = flat.view(result.shape)
         return result
 
-    return type(f"Addmm{lora_class.__name__}", (lora_class,), {"forward": forward})
+    attributes = {"forward": forward, "_siblings": (), "_pending": None}
+    return type(f"Addmm{lora_class.__name__}", (lora_class,), attributes)

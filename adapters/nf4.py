@@ -46,13 +46,13 @@ def _kernel() -> Any:
 
 @torch.library.custom_op("adapters::nf4_dequantize", mutates_args=())
 def nf4_dequantize(
-    packed: torch.Tensor,
-    absmax: torch.Tensor,
-    absmax2: torch.Tensor | None,
-    code2: torch.Tensor | None,
-    offset: torch.Tensor | None,
+    packed: list[torch.Tensor],
+    absmax: list[torch.Tensor],
+    absmax2: list[torch.Tensor],
+    code2: list[torch.Tensor],
+    offset: list[torch.Tensor],
     code: torch.Tensor,
-    rows: int,
+    rows: list[int],
     cols: int,
     blocksize: int,
     blocksize2: int,
@@ -60,35 +60,39 @@ def nf4_dequantize(
     right: torch.Tensor | None,
     below: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The [rows x cols] weight in `dtype`, with `right` beside it (`[W | right]`) or `below` under it
-    (`[W ; below]`) where given. Nested (double-quantized) where absmax2, code2 and offset are given."""
-    out = packed.new_empty(_shape(rows, cols, right, below), dtype=dtype)
-    nested = absmax2 is not None
-    _kernel()[(-(-rows * cols // BLOCK),)](
-        packed, absmax, absmax2 if nested else absmax, code2 if nested else code, offset if nested else absmax,
-        code, out, rows, cols, out.stride(0), BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2, NESTED=nested, BLOCK=BLOCK,
-        enable_fp_fusion=False,
-    )  # fmt: skip
+    """The weights (each `rows[i]` x `cols`) stacked in `dtype`, with `right` beside them (`[W | right]`) or
+    `below` under them (`[W ; below]`) where given. Nested (double-quantized) where absmax2, code2 and offset
+    are given (one per weight)."""
+    out = packed[0].new_empty(_shape(rows, cols, right, below), dtype=dtype)
+    nested = bool(absmax2)
+    start = 0
+    for index, (weight, count) in enumerate(zip(packed, rows, strict=True)):
+        scales = (absmax2[index], code2[index], offset[index]) if nested else (absmax[index], code, absmax[index])
+        _kernel()[(-(-count * cols // BLOCK),)](
+            weight, absmax[index], *scales, code, out[start:], count, cols, out.stride(0), BLOCKSIZE=blocksize,
+            BLOCKSIZE2=blocksize2, NESTED=nested, BLOCK=BLOCK, enable_fp_fusion=False,
+        )  # fmt: skip
+        start += count
     if right is not None:
         out[:, cols:] = right
     if below is not None:
-        out[rows:] = below
+        out[start:] = below
     return out
 
 
-def _shape(rows: int, cols: int, right: torch.Tensor | None, below: torch.Tensor | None) -> tuple[int, int]:
-    return rows + (0 if below is None else below.shape[0]), cols + (0 if right is None else right.shape[1])
+def _shape(rows: list[int], cols: int, right: torch.Tensor | None, below: torch.Tensor | None) -> tuple[int, int]:
+    return sum(rows) + (0 if below is None else below.shape[0]), cols + (0 if right is None else right.shape[1])
 
 
 @nf4_dequantize.register_fake
 def _(
-    packed: torch.Tensor,
-    absmax: torch.Tensor,
-    absmax2: torch.Tensor | None,
-    code2: torch.Tensor | None,
-    offset: torch.Tensor | None,
+    packed: list[torch.Tensor],
+    absmax: list[torch.Tensor],
+    absmax2: list[torch.Tensor],
+    code2: list[torch.Tensor],
+    offset: list[torch.Tensor],
     code: torch.Tensor,
-    rows: int,
+    rows: list[int],
     cols: int,
     blocksize: int,
     blocksize2: int,
@@ -96,22 +100,30 @@ def _(
     right: torch.Tensor | None,
     below: torch.Tensor | None,
 ) -> torch.Tensor:
-    return packed.new_empty(_shape(rows, cols, right, below), dtype=dtype)
+    return packed[0].new_empty(_shape(rows, cols, right, below), dtype=dtype)
 
 
 def dequantize(
-    packed: torch.Tensor, state: Any, dtype: torch.dtype, right: torch.Tensor | None, below: torch.Tensor | None
+    packed: list[torch.Tensor],
+    states: list[Any],
+    dtype: torch.dtype,
+    right: torch.Tensor | None,
+    below: torch.Tensor | None,
 ) -> torch.Tensor | None:
-    """bitsandbytes' NF4 weight (`packed`, its `quant_state`) dequantized into `[W | right]` or `[W ; below]` by
-    the kernel; None where it does not apply (not on a GPU, not NF4, no Triton), for the caller to dequantize
-    with bitsandbytes."""
-    if not packed.is_cuda or state.quant_type != "nf4" or len(state.shape) != 2 or not _has_triton():
+    """bitsandbytes' NF4 weights (`packed`, their `quant_state`s) of one width, stacked and dequantized into
+    `[W | right]` or `[W ; below]` by the kernel; None where it does not apply (not on a GPU, not NF4, no Triton,
+    quantized unlike one another), for the caller to dequantize with bitsandbytes."""
+    first = states[0]
+    kinds = {(s.quant_type, s.blocksize, s.nested and s.state2.blocksize, tuple(s.shape)[1:]) for s in states}
+    if not packed[0].is_cuda or len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2:
         return None
-    nested = state.nested
+    if not _has_triton():
+        return None
+    nested = [s for s in states if s.nested]
     return nf4_dequantize(
-        packed, state.absmax, state.state2.absmax if nested else None, state.state2.code if nested else None,
-        state.offset if nested else None, state.code.to(packed.device), *state.shape, state.blocksize,
-        state.state2.blocksize if nested else 1, dtype, right, below,
+        packed, [s.absmax for s in states], [s.state2.absmax for s in nested], [s.state2.code for s in nested],
+        [s.offset for s in nested], first.code.to(packed[0].device), [s.shape[0] for s in states], first.shape[1],
+        first.blocksize, first.state2.blocksize if first.nested else 1, dtype, right, below,
     )  # fmt: skip
 
 

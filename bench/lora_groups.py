@@ -1,9 +1,11 @@
 """One decoder layer's LoRA projections on NF4 weights, forward twice (gradient checkpointing's recompute) and
-backward once, under a CUDA graph: each projection its own `lora_linear` (today's operator) against the
-projections that read one input (q, k, v; gate, up) as one widened matmul `[x | inner] @ [W | B]^T` with the
-LoRA B matrices block-diagonal. A measurement for a design question, not a contender of train_speed.py.
+backward once, under a CUDA graph, through adapters/lora_addmm.py's operator: each projection alone, its weight
+dequantized by bitsandbytes and laid out by a copy (`separate-bnb`) or by adapters/nf4.py's kernel (`separate`),
+and the projections of one input (q, k, v; gate, up) as one (`grouped`: weights stacked, LoRA B block-diagonal).
+The grouped backward is handed one gradient of all outputs, as autograd hands the operator. A measurement for
+design questions, not a contender of train_speed.py.
 
-    python bench/lora_groups.py --shape gemma-2-2b --tokens 8192
+    python bench/lora_groups.py --shape gemma-2-2b --tokens 8192 [--profile gate-up:separate]
 """
 
 from __future__ import annotations
@@ -39,66 +41,40 @@ def dense(p: dict[str, Any]) -> torch.Tensor:
     return dequantize_4bit(p["packed"], p["state"]).to(torch.bfloat16)
 
 
-def separate(x: torch.Tensor, group: list[dict[str, Any]], grads: list[torch.Tensor], kernel: bool = True) -> None:
-    """Each projection its own `lora_linear`, its weight laid out by adapters/nf4.py's kernel (or bitsandbytes'
-    dequantization and a copy: `kernel` false)."""
+def run(x: torch.Tensor, group: list[dict[str, Any]], grad: torch.Tensor, kernel: bool) -> None:
+    """The projections of `group` as one `lora_linear` (one alone: as the trainer runs it), the weight laid out by
+    adapters/nf4.py's kernel (or by bitsandbytes' dequantization and a copy: `kernel` false)."""
     from adapters import nf4
-    from adapters.lora_addmm import laid_out, layout, lora_linear, lora_linear_backward
+    from adapters.lora_addmm import _stacked, laid_out, layout, lora_linear, lora_linear_backward
 
-    for p, grad in zip(group, grads, strict=True):
-        a, b = (p["a"] * 2.0).to(torch.bfloat16), p["b"].to(torch.bfloat16)
-        kind = layout(b.shape[0], x.shape[1], 16)
-        for _ in range(2):  # the forward and the recompute
-            if kernel:
-                right, below = (b if kind == "input" else None), (a if kind == "gradient" else None)
-                weight = nf4.dequantize(p["packed"], p["state"], torch.bfloat16, right, below)
-            else:
-                weight = laid_out(dense(p), a, b)
-            _, inner = lora_linear(x, weight, a, b, None)
-        lora_linear_backward(grad, x, weight, a, b, None, inner)
-
-
-def separate_bnb(x: torch.Tensor, group: list[dict[str, Any]], grads: list[torch.Tensor]) -> None:
-    separate(x, group, grads, kernel=False)
-
-
-def grouped(x: torch.Tensor, group: list[dict[str, Any]], grads: list[torch.Tensor]) -> None:
-    width = x.shape[1]
-    grad = torch.cat(grads, dim=1)  # in training the consumers would write one [tokens x sum(out)] gradient
-    outs = [p["b"].shape[0] for p in group]
+    a = _stacked([(p["a"] * 2.0).to(torch.bfloat16) for p in group])
+    b = _stacked([p["b"].to(torch.bfloat16) for p in group], diagonal=True)
+    kind = layout(b.shape[0], x.shape[1], a.shape[0])
     for _ in range(2):  # the forward and the recompute
-        a = (torch.cat([p["a"] for p in group]) * 2.0).to(torch.bfloat16)
-        b = torch.block_diag(*[p["b"] for p in group]).to(torch.bfloat16)
-        weight = torch.cat([torch.cat([dense(p) for p in group]), b], dim=1)
-        inner = x @ a.t()
-        torch.cat([x, inner], dim=1) @ weight.t()
-    both = grad @ weight
-    grad_x, grad_inner = both[:, :width], both[:, width:].contiguous()
-    grad_inner.t() @ x
-    start = 0
-    for index, out in enumerate(outs):
-        grad[:, start : start + out].t() @ inner[:, 16 * index : 16 * (index + 1)]
-        start += out
-    grad_x.addmm_(grad_inner, a)
+        if kernel:
+            right, below = (b if kind == "input" else None), (a if kind == "gradient" else None)
+            weight = nf4.dequantize([p["packed"] for p in group], [p["state"] for p in group], torch.bfloat16, right,
+                                    below)  # fmt: skip
+        else:
+            weight = laid_out(_stacked([dense(p) for p in group]), a, b)
+        _, inner = lora_linear(x, weight, a, b, None)
+    lora_linear_backward(grad, x, weight, a, b, None, inner)
 
 
-def grouped_addmm(x: torch.Tensor, group: list[dict[str, Any]], grads: list[torch.Tensor]) -> None:
-    """Not widened: `x @ W^T` with the weights stacked, the block-diagonal LoRA product added into the output."""
-    grad = torch.cat(grads, dim=1)
-    for _ in range(2):  # the forward and the recompute
-        a = (torch.cat([p["a"] for p in group]) * 2.0).to(torch.bfloat16)
-        b = torch.block_diag(*[p["b"] for p in group]).to(torch.bfloat16)
-        weight = torch.cat([dense(p) for p in group])
-        inner = x @ a.t()
-        (x @ weight.t()).addmm_(inner, b.t())
-    grad_x = grad @ weight
-    grad_inner = grad @ b
-    grad_inner.t() @ x
-    grad.t() @ inner
-    grad_x.addmm_(grad_inner, a)
+def variants(outs: list[int]) -> dict[str, Any]:
+    """Each projection alone (`separate`; `-bnb`: without the kernel), and those of one input as one."""
 
+    def alone(kernel: bool) -> Any:
+        def each(x: torch.Tensor, group: list[dict[str, Any]], grads: list[torch.Tensor]) -> None:
+            for p, grad in zip(group, grads, strict=True):
+                run(x, [p], grad, kernel)
 
-VARIANTS = {"separate-bnb": separate_bnb, "separate": separate, "grouped": grouped, "grouped-addmm": grouped_addmm}
+        return each
+
+    found = {"separate-bnb": alone(False), "separate": alone(True)}
+    if len(outs) > 1:
+        found["grouped"] = lambda x, group, grads: run(x, group, grads[-1], True)
+    return found
 
 
 def groups(shape: tuple[int, int, int, int]) -> dict[str, tuple[int, list[int]]]:
@@ -114,7 +90,7 @@ def groups(shape: tuple[int, int, int, int]) -> dict[str, tuple[int, list[int]]]
 def graphed(variant: Any, width: int, outs: list[int], tokens: int) -> Any:
     x = torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16)
     params = [nf4(out, width) for out in outs]
-    grads = [torch.randn(tokens, out, device="cuda", dtype=torch.bfloat16) for out in outs]
+    grads = [torch.randn(tokens, out, device="cuda", dtype=torch.bfloat16) for out in [*outs, sum(outs)]]
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -137,9 +113,7 @@ def main() -> None:
     emit(environment(), None)
     device = torch.device("cuda")
     for group, (width, outs) in groups(SHAPES[args.shape]).items():
-        for name, variant in VARIANTS.items():
-            if len(outs) == 1 and not name.startswith("separate"):
-                continue
+        for name, variant in variants(outs).items():
             replay = graphed(variant, width, outs, args.tokens)
             seconds = timed(replay, device, args.repeats)
             if f"{group}:{name}" in args.profile.split(","):

@@ -21,6 +21,7 @@ from model load to the last step. Contenders:
   ...-nocudnn         ... sdpa without cuDNN's attention kernels (flash / memory-efficient instead)
   ...-addmm           ... LoRA products added inside their matmuls (`lora_addmm`; bench/layer_buffers.py)
   ...-nowiden         ... -addmm with every product added into the output (adapters.lora_addmm.WIDEN off)
+  ...-nogroup         ... -addmm with each projection its own operator (adapters.lora_addmm.SIBLINGS empty)
   ...-fp32            ... computing in float32 (a reference for the bf16 contenders' losses)
   ...-autotune        ... compiled layers under inductor's max-autotune (Triton matmul templates, epilogues fused)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
@@ -78,6 +79,8 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     headloss.LSE_SLICES = option("lse", headloss.LSE_SLICES)
     headloss.LSE_KERNEL = "-inductorlse" not in contender
     lora_addmm.WIDEN = "-nowiden" not in contender
+    if "-nogroup" in contender:
+        lora_addmm.SIBLINGS = ()
     if "-nowiden" in contender:  # it changes the operator's fake, not the traced graph:
         torch._inductor.config.fx_graph_cache = False  # a compile cached by another contender would not see it
         torch._functorch.config.enable_autograd_cache = False
