@@ -12,13 +12,16 @@ Where the base layer is a plain or an NF4 linear layer without bias, the whole L
 `lora_linear`, opaque to the compiler, and its backward as another: `torch.addmm(base_output, ...)` compiled writes
 a new tensor, so inductor copied every base output before the matmul added to it (one device-to-device copy per
 projection, forward and recompute: 2.1 ms of a 59 ms step for the 270M, 11 ms of 319 for the 2B shape on an H200,
-run 62's profiles); the operator adds in place into the output it has just computed. Where a projection widens its
-input (out > in + r: Gemma's gate and up), adding into the output costs more than widening the input: the LoRA
-product joins the base matmul as r more columns, `[x | inner] @ [weight | lora_b]^T`, one matmul over a copy of
-[tokens x (in + r)] instead of a second pass over [tokens x out] (and in the backward one matmul gives the gradients
-of both x and inner). The rank side `inner = x @ (lora_a * scale)^T` is computed inside the operator too, and in
-the backward x's two gradients are one matmul and one accumulation into it, not two [tokens x in] tensors and
-their sum (0.24 GiB less at the 2B shape's peak, run 75). With LoRA dropout, lora_a reads dropout's copy of x.
+run 62's profiles); the operator adds in place into the output it has just computed. The weight comes laid out
+for the cheaper of two widenings (`layout`): where a projection widens its input (Gemma's gate and up), the LoRA
+product joins the base matmul as r more columns, `[x | inner] @ [W | lora_b]^T` (a copy of [tokens x (in + r)]
+instead of a second pass over [tokens x out]; in the backward one matmul gives the gradients of both x and inner);
+where it narrows (down, q, k, v), x's gradient is one matmul, `[grad | grad @ lora_b] @ [W ; lora_a]`, instead of
+a second pass over [tokens x in]. NF4 weights are dequantized straight into that wider matrix on a GPU
+(adapters/nf4.py). The rank side `inner = x @ (lora_a * scale)^T` is computed inside the operator too, and in the
+backward x's two gradients are never two [tokens x in] tensors and their sum (0.24 GiB less at the 2B shape's
+peak, run 75). The projections of one input (`SIBLINGS`) run as one operator. With LoRA dropout, lora_a reads
+dropout's copy of x.
 """
 
 from __future__ import annotations
