@@ -235,7 +235,7 @@ def _fused(members: tuple[Any, ...], x: torch.Tensor, dtype: torch.dtype) -> lis
         operands.append((member.base_layer, lora_a, member.lora_B[name].weight.to(dtype), member.lora_dropout[name]))
     dropout = operands[0][3]
     dropping = [d.training and getattr(d, "p", 0) > 0 for *_, d in operands]
-    if any(dropping) and len(members) > 1:
+    if len(members) > 1 and (any(dropping) or len({type(base) for base, *_ in operands}) > 1):
         return None
     flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
     dropped = dropout(flat_x) if dropping[0] else None
