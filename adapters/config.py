@@ -49,8 +49,9 @@ class TrainConfig(BaseModel):
     lora_addmm: bool = Field(
         False,
         description="compute each LoRA product with its base matmul, scaled on the rank side (as more input columns "
-        "where the projection widens, else added into the output in place): no separate [tokens x width] LoRA "
-        "outputs or scaled gradient copies (a compiled layer's backward needs less memory)",
+        "where the projection widens, else added into the output in place), the projections of one input as one "
+        "matmul: no separate [tokens x width] LoRA outputs or scaled gradient copies (a compiled layer's backward "
+        "needs less memory)",
     )
     compile: bool = Field(False, description="torch.compile each decoder layer (GPU: fewer, fused kernels)")
     keep_activations: float = Field(

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-BLOCK = 1024  # values per Triton program
+BLOCK = 256  # columns per Triton program
 
 
 @functools.cache
@@ -25,11 +25,13 @@ def _kernel() -> Any:
 
     @triton.jit
     def dequantize(
-        packed, absmax, absmax2, code2, offset, code, out, rows, cols, stride,
+        packed, absmax, absmax2, code2, offset, code, out, cols, stride,
         BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # in W's row-major order
-        inside = index < rows * cols
+        row = tl.program_id(0).to(tl.int64)  # one program per row and BLOCK columns: no division by cols
+        col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = col < cols
+        index = row * cols + col  # in W's row-major order, as bitsandbytes packs it
         byte = tl.load(packed + index // 2, mask=inside, other=0).to(tl.int32)
         value = tl.load(code + tl.where(index % 2 == 0, byte >> 4, byte & 15), mask=inside, other=0.0)
         block = index // BLOCKSIZE
@@ -38,8 +40,7 @@ def _kernel() -> Any:
             scale = scale * tl.load(absmax2 + block // BLOCKSIZE2, mask=inside, other=0.0) + tl.load(offset)
         else:
             scale = tl.load(absmax + block, mask=inside, other=0.0)
-        target = out + (index // cols) * stride + index % cols
-        tl.store(target, (value * scale).to(out.dtype.element_ty), mask=inside)
+        tl.store(out + row * stride + col, (value * scale).to(out.dtype.element_ty), mask=inside)
 
     return dequantize
 
@@ -68,8 +69,8 @@ def nf4_dequantize(
     start = 0
     for index, (weight, count) in enumerate(zip(packed, rows, strict=True)):
         scales = (absmax2[index], code2[index], offset[index]) if nested else (absmax[index], code, absmax[index])
-        _kernel()[(-(-count * cols // BLOCK),)](
-            weight, absmax[index], *scales, code, out[start:], count, cols, out.stride(0), BLOCKSIZE=blocksize,
+        _kernel()[(count, -(-cols // BLOCK))](
+            weight, absmax[index], *scales, code, out[start:], cols, out.stride(0), BLOCKSIZE=blocksize,
             BLOCKSIZE2=blocksize2, NESTED=nested, BLOCK=BLOCK, enable_fp_fusion=False,
         )  # fmt: skip
         start += count
