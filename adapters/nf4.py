@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 BLOCK = 256  # columns per Triton program
+KERNEL = False  # off: slower than bitsandbytes' dequantization and a copy on the 2B shape's MLP weights (run 82)
 
 
 @functools.cache
@@ -118,7 +119,7 @@ def dequantize(
     kinds = {(s.quant_type, s.blocksize, s.nested and s.state2.blocksize, tuple(s.shape)[1:]) for s in states}
     if not packed[0].is_cuda or len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2:
         return None
-    if not _has_triton():
+    if not KERNEL or not _has_triton():
         return None
     nested = [s for s in states if s.nested]
     return nf4_dequantize(

@@ -1,7 +1,8 @@
 """One decoder layer's LoRA projections on NF4 weights, forward twice (gradient checkpointing's recompute) and
-backward once, under a CUDA graph, through adapters/lora_addmm.py's operator: each projection alone, its weight
-dequantized by bitsandbytes and laid out by a copy (`separate-bnb`) or by adapters/nf4.py's kernel (`separate`),
-and the projections of one input (q, k, v; gate, up) as one (`grouped`: weights stacked, LoRA B block-diagonal).
+backward once, under a CUDA graph, through adapters/lora_addmm.py's operator: each projection alone
+(`separate`) and the projections of one input (q, k, v; gate, up) as one (`grouped`: weights stacked, LoRA B
+block-diagonal), the weights dequantized by bitsandbytes and laid out by a copy, or by adapters/nf4.py's kernel
+(`-kernel`).
 The grouped backward is handed one gradient of all outputs, as autograd hands the operator. A measurement for
 design questions, not a contender of train_speed.py.
 
@@ -50,30 +51,31 @@ def run(x: torch.Tensor, group: list[dict[str, Any]], grad: torch.Tensor, kernel
     a = _stacked([(p["a"] * 2.0).to(torch.bfloat16) for p in group])
     b = _stacked([p["b"].to(torch.bfloat16) for p in group], diagonal=True)
     kind = layout(b.shape[0], x.shape[1], a.shape[0])
+    nf4.KERNEL = kernel
     for _ in range(2):  # the forward and the recompute
-        if kernel:
-            right, below = (b if kind == "input" else None), (a if kind == "gradient" else None)
-            weight = nf4.dequantize([p["packed"] for p in group], [p["state"] for p in group], torch.bfloat16, right,
-                                    below)  # fmt: skip
-        else:
+        right, below = (b if kind == "input" else None), (a if kind == "gradient" else None)
+        weight = nf4.dequantize([p["packed"] for p in group], [p["state"] for p in group], torch.bfloat16, right,
+                                below)  # fmt: skip
+        if weight is None:
             weight = laid_out(_stacked([dense(p) for p in group]), a, b)
         _, inner = lora_linear(x, weight, a, b, None)
     lora_linear_backward(grad, x, weight, a, b, None, inner)
 
 
 def variants(outs: list[int]) -> dict[str, Any]:
-    """Each projection alone (`separate`; `-bnb`: without the kernel), and those of one input as one."""
+    """Each projection alone (`separate`) and those of one input as one (`grouped`); `-kernel`: through it."""
 
     def alone(kernel: bool) -> Any:
         def each(x: torch.Tensor, group: list[dict[str, Any]], grads: list[torch.Tensor]) -> None:
-            for p, grad in zip(group, grads, strict=True):
+            for p, grad in zip(group, grads[: len(group)], strict=True):
                 run(x, [p], grad, kernel)
 
         return each
 
-    found = {"separate-bnb": alone(False), "separate": alone(True)}
+    found = {"separate": alone(False), "separate-kernel": alone(True)}
     if len(outs) > 1:
-        found["grouped"] = lambda x, group, grads: run(x, group, grads[-1], True)
+        found["grouped"] = lambda x, group, grads: run(x, group, grads[-1], False)
+        found["grouped-kernel"] = lambda x, group, grads: run(x, group, grads[-1], True)
     return found
 
 

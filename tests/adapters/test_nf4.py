@@ -81,10 +81,11 @@ def test_bf16_kernel_gives_bitsandbytes_values_to_the_bit() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_qlora_step_through_the_kernel_gives_pefts_gradients(
-    tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path
+    tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The trainer's QLoRA model on a GPU, bf16: with `lora_addmm` (every NF4 weight through the kernel) against
     peft's forward on the same weights, loss and LoRA gradients."""
+    from adapters import nf4
     from adapters.config import TrainConfig
     from adapters.loss import supervised_nll
     from adapters.packing import collate
@@ -94,7 +95,8 @@ def test_qlora_step_through_the_kernel_gives_pefts_gradients(
     tiny_gemma3(width=64).save_pretrained(tmp_path / "tiny")
     rows = [[TokenizedExample(input_ids=[(7 * i + 3 * row) % 500 + 1 for i in range(32)], labels=[5] * 32, line=1)]
             for row in range(2)]  # fmt: skip
-    batch = collate(rows, pad_id=0)
+    batch = collate(rows, pad_id=0).to(torch.device("cuda"))
+    monkeypatch.setattr(nf4, "KERNEL", True)
     results = []
     for addmm in (True, False):
         config = TrainConfig(model=str(tmp_path / "tiny"), quant="nf4", device="cuda", lora_r=4, lora_dropout=0.0,
