@@ -164,7 +164,7 @@ def use_lora_addmm(model: Any) -> int:
             switched += 1
     for module in model.modules():
         for names in SIBLINGS:
-            members = tuple(getattr(module, name, None) for name in names)
+            members: tuple[Any, ...] = tuple(getattr(module, name, None) for name in names)
             if all(getattr(member, "_siblings", None) == () for member in members):  # switched, not yet grouped
                 for member in members:
                     member._siblings, member._pending = members, None  # a tuple: not registered as submodules
