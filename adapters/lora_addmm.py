@@ -176,7 +176,7 @@ SIBLINGS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"),)
 stacked and the LoRA B matrices block-diagonal (one matmul for all, one rank-side product, one for x's gradient).
 The first called computes all and hands the others theirs, checked to be of the same input. Not gate and up: their
 gradients, written side by side into one [tokens x 2 intermediate] buffer by the compiled GELU backward, cost that
-kernel 2.5x its time (11.5 of a 284 ms step, 2B shape on an H200, run 82)."""
+kernel 2.5x its time (11.5 of a 284 ms step, 2B shape on an H200, run 83)."""
 
 
 def _dense_base(base: Any, dtype: torch.dtype) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 BLOCK = 256  # columns per Triton program
-KERNEL = False  # off: slower than bitsandbytes' dequantization and a copy on the 2B shape's MLP weights (run 82)
+KERNEL = False  # off: slower than bitsandbytes' dequantization and a copy on the 2B shape's MLP weights (runs 82-83)
 
 
 @functools.cache
