@@ -113,14 +113,27 @@ def dequantize(
     below: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """bitsandbytes' NF4 weights (`packed`, their `quant_state`s) of one width, stacked and dequantized into
-    `[W | right]` or `[W ; below]` by the kernel; None where it does not apply (not on a GPU, not NF4, no Triton,
-    quantized unlike one another), for the caller to dequantize with bitsandbytes."""
+    `[W | right]` or `[W ; below]` by the kernel; None where it does not apply (`KERNEL` off, not on a GPU, not
+    NF4, no Triton, quantized unlike one another), for the caller to dequantize with bitsandbytes."""
+    if not KERNEL or not packed[0].is_cuda or not _has_triton():
+        return None
     first = states[0]
     kinds = {(s.quant_type, s.blocksize, s.nested and s.state2.blocksize, tuple(s.shape)[1:]) for s in states}
-    if not packed[0].is_cuda or len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2:
+    if len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2:
         return None
-    if not KERNEL or not _has_triton():
-        return None
+    return kernel_dequantize(packed, states, dtype, right, below)
+
+
+def kernel_dequantize(
+    packed: list[torch.Tensor],
+    states: list[Any],
+    dtype: torch.dtype,
+    right: torch.Tensor | None,
+    below: torch.Tensor | None,
+) -> torch.Tensor:
+    """`dequantize` without its checks: the operator called with the quant states' tensors (on any device that
+    runs the kernel, Triton's CPU interpreter included)."""
+    first = states[0]
     nested = [s for s in states if s.nested]
     return nf4_dequantize(
         packed, [s.absmax for s in states], [s.state2.absmax for s in nested], [s.state2.code for s in nested],

@@ -22,20 +22,11 @@ CASES = """
 import torch
 from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 from adapters.lora_addmm import laid_out
-from adapters.nf4 import nf4_dequantize
-
-def dequantized(packed, states, dtype, right, below):  # adapters.nf4.dequantize, which takes GPU tensors only
-    nested = [s for s in states if s.nested]
-    first = states[0]
-    return nf4_dequantize(
-        packed, [s.absmax for s in states], [s.state2.absmax for s in nested], [s.state2.code for s in nested],
-        [s.offset for s in nested], first.code.to(packed[0].device), [s.shape[0] for s in states], first.shape[1],
-        first.blocksize, first.state2.blocksize if first.nested else 1, dtype, right, below,
-    )
+from adapters.nf4 import kernel_dequantize
 
 def check(device, dtype):
     generator = torch.Generator().manual_seed(0)
-    # sizes not a multiple of the 64-value block nor of the kernel's 1024; each layout; weights stacked
+    # sizes not a multiple of the 64-value block nor of the kernel's 256 columns; each layout; weights stacked
     for rows, cols, nested in [([300], 20, True), ([30], 200, True), ([33], 70, False), ([24], 7, True),
                                ([40], 42, True), ([50, 21, 21], 30, True), ([9, 12], 66, False)]:
         weights = [(torch.randn(n, cols, generator=generator) * 0.1).to(device, dtype) for n in rows]
@@ -46,7 +37,7 @@ def check(device, dtype):
         want = laid_out(stacked, lora_a, lora_b)
         kind = "input" if want.shape[1] > cols else "gradient" if want.shape[0] > sum(rows) else "plain"
         right, below = (lora_b if kind == "input" else None), (lora_a if kind == "gradient" else None)
-        got = dequantized([q[0] for q in quantized], [q[1] for q in quantized], dtype, right, below)
+        got = kernel_dequantize([q[0] for q in quantized], [q[1] for q in quantized], dtype, right, below)
         print(rows, cols, nested, kind, torch.equal(got, want), float((got.float() - want.float()).abs().max()))
 """
 
