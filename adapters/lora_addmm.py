@@ -197,8 +197,7 @@ def _weight(bases: list[Any], dtype: torch.dtype, lora_a: torch.Tensor, lora_b: 
         return laid_out(_stacked([base.weight.to(dtype) for base in bases]), lora_a, lora_b)
     from adapters import nf4
 
-    kind = layout(lora_b.shape[0], lora_a.shape[1], lora_a.shape[0])
-    right, below = (lora_b.detach() if kind == "input" else None), (lora_a.detach() if kind == "gradient" else None)
+    right, below = margins(lora_a, lora_b)
     packed, states = [base.weight.data for base in bases], [base.weight.quant_state for base in bases]
     widened = nf4.dequantize(packed, states, dtype, right, below)
     if widened is not None:
@@ -215,13 +214,19 @@ def _stacked(tensors: list[torch.Tensor], diagonal: bool = False) -> torch.Tenso
     return torch.block_diag(*tensors) if diagonal else torch.cat(tensors)
 
 
+def margins(lora_a: torch.Tensor, lora_b: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """What `layout` puts beside W (lora_b, as more columns) or under it (lora_a, as more rows), detached."""
+    kind = layout(lora_b.shape[0], lora_a.shape[1], lora_a.shape[0])
+    return (lora_b.detach() if kind == "input" else None), (lora_a.detach() if kind == "gradient" else None)
+
+
 def laid_out(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
     """W [out x in] as `lora_linear` takes it: `[W | lora_b]`, `[W ; lora_a]` or W alone, as `layout` says (the
-    LoRA matrices' values copied in, detached)."""
-    kind = layout(weight.shape[0], weight.shape[1], lora_a.shape[0])
-    if kind == "input":
-        return torch.cat([weight, lora_b.detach()], dim=1)
-    return torch.cat([weight, lora_a.detach()]) if kind == "gradient" else weight
+    LoRA matrices' values copied in)."""
+    right, below = margins(lora_a, lora_b)
+    if right is not None:
+        return torch.cat([weight, right], dim=1)
+    return weight if below is None else torch.cat([weight, below])
 
 
 def _fused(members: tuple[Any, ...], x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor] | None:

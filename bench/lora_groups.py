@@ -46,14 +46,13 @@ def run(x: torch.Tensor, group: list[dict[str, Any]], grad: torch.Tensor, kernel
     """The projections of `group` as one `lora_linear` (one alone: as the trainer runs it), the weight laid out by
     adapters/nf4.py's kernel (or by bitsandbytes' dequantization and a copy: `kernel` false)."""
     from adapters import nf4
-    from adapters.lora_addmm import _stacked, laid_out, layout, lora_linear, lora_linear_backward
+    from adapters.lora_addmm import _stacked, laid_out, lora_linear, lora_linear_backward, margins
 
     a = _stacked([(p["a"] * 2.0).to(torch.bfloat16) for p in group])
     b = _stacked([p["b"].to(torch.bfloat16) for p in group], diagonal=True)
-    kind = layout(b.shape[0], x.shape[1], a.shape[0])
     nf4.KERNEL = kernel
     for _ in range(2):  # the forward and the recompute
-        right, below = (b if kind == "input" else None), (a if kind == "gradient" else None)
+        right, below = margins(a, b)
         weight = nf4.dequantize([p["packed"] for p in group], [p["state"] for p in group], torch.bfloat16, right,
                                 below)  # fmt: skip
         if weight is None:
