@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-BLOCK = 256  # columns per Triton program
+ROWS, PAIRS = 8, 128  # a Triton program's tile: 8 rows of 256 values, each byte's two values written together
 KERNEL = False  # off: slower than bitsandbytes' dequantization and a copy on the 2B shape's MLP weights (runs 82-83)
 
 
@@ -26,22 +26,25 @@ def _kernel() -> Any:
 
     @triton.jit
     def dequantize(
-        packed, absmax, absmax2, code2, offset, code, out, cols, stride,
-        BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, BLOCK: tl.constexpr,
+        packed, absmax, absmax2, code2, offset, code, out, rows, cols, half, stride,
+        BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, ROWS: tl.constexpr,
+        PAIRS: tl.constexpr,
     ):  # fmt: skip
-        row = tl.program_id(0).to(tl.int64)  # one program per row and BLOCK columns: no division by cols
-        col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        inside = col < cols
-        index = row * cols + col  # in W's row-major order, as bitsandbytes packs it
-        byte = tl.load(packed + index // 2, mask=inside, other=0).to(tl.int32)
-        value = tl.load(code + tl.where(index % 2 == 0, byte >> 4, byte & 15), mask=inside, other=0.0)
-        block = index // BLOCKSIZE
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+        pair = tl.program_id(1) * PAIRS + tl.arange(0, PAIRS)[None, :]  # a byte: its row's values 2 pair, 2 pair + 1
+        inside = (row < rows) & (pair < half)
+        byte = tl.load(packed + row * half + pair, mask=inside, other=0).to(tl.int32)  # W's row-major order
+        block = (row * cols + 2 * pair) // BLOCKSIZE  # the pair's, as BLOCKSIZE is even
         if NESTED:  # the block maxima are 8-bit codes scaled per BLOCKSIZE2 blocks, plus their mean
             scale = tl.load(code2 + tl.load(absmax + block, mask=inside, other=0).to(tl.int32), mask=inside, other=0.0)
             scale = scale * tl.load(absmax2 + block // BLOCKSIZE2, mask=inside, other=0.0) + tl.load(offset)
         else:
             scale = tl.load(absmax + block, mask=inside, other=0.0)
-        tl.store(out + row * stride + col, (value * scale).to(out.dtype.element_ty), mask=inside)
+        high = tl.load(code + (byte >> 4), mask=inside, other=0.0) * scale
+        low = tl.load(code + (byte & 15), mask=inside, other=0.0) * scale
+        col = tl.program_id(1) * 2 * PAIRS + tl.arange(0, 2 * PAIRS)[None, :]
+        values = tl.interleave(high, low).to(out.dtype.element_ty)
+        tl.store(out + row * stride + col, values, mask=(row < rows) & (col < cols))
 
     return dequantize
 
@@ -62,17 +65,17 @@ def nf4_dequantize(
     right: torch.Tensor | None,
     below: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The weights (each `rows[i]` x `cols`) stacked in `dtype`, with `right` beside them (`[W | right]`) or
-    `below` under them (`[W ; below]`) where given. Nested (double-quantized) where absmax2, code2 and offset
-    are given (one per weight)."""
+    """The weights (each `rows[i]` x `cols`, `cols` even: a byte's two values in one row) stacked in `dtype`,
+    with `right` beside them (`[W | right]`) or `below` under them (`[W ; below]`) where given. Nested
+    (double-quantized) where absmax2, code2 and offset are given (one per weight)."""
     out = packed[0].new_empty(_shape(rows, cols, right, below), dtype=dtype)
     nested = bool(absmax2)
     start = 0
     for index, (weight, count) in enumerate(zip(packed, rows, strict=True)):
         scales = (absmax2[index], code2[index], offset[index]) if nested else (absmax[index], code, absmax[index])
-        _kernel()[(count, -(-cols // BLOCK))](
-            weight, absmax[index], *scales, code, out[start:], cols, out.stride(0), BLOCKSIZE=blocksize,
-            BLOCKSIZE2=blocksize2, NESTED=nested, BLOCK=BLOCK, enable_fp_fusion=False,
+        _kernel()[(-(-count // ROWS), -(-cols // (2 * PAIRS)))](
+            weight, absmax[index], *scales, code, out[start:], count, cols, cols // 2, out.stride(0),
+            BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2, NESTED=nested, ROWS=ROWS, PAIRS=PAIRS, enable_fp_fusion=False,
         )  # fmt: skip
         start += count
     if right is not None:
@@ -114,12 +117,13 @@ def dequantize(
 ) -> torch.Tensor | None:
     """bitsandbytes' NF4 weights (`packed`, their `quant_state`s) of one width, stacked and dequantized into
     `[W | right]` or `[W ; below]` by the kernel; None where it does not apply (`KERNEL` off, not on a GPU, not
-    NF4, no Triton, quantized unlike one another), for the caller to dequantize with bitsandbytes."""
+    NF4, no Triton, quantized unlike one another, an odd
+    number of columns), for the caller to dequantize with bitsandbytes."""
     if not KERNEL or not packed[0].is_cuda or not _has_triton():
         return None
     first = states[0]
     kinds = {(s.quant_type, s.blocksize, s.nested and s.state2.blocksize, tuple(s.shape)[1:]) for s in states}
-    if len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2:
+    if len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2 or first.shape[1] % 2:
         return None
     return kernel_dequantize(packed, states, dtype, right, below)
 

@@ -170,14 +170,35 @@ def profile_table(fn: Callable[[], Any], device: torch.device, out: Path | None,
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
+        synchronize(device)
+        started = time.perf_counter()
         for _ in range(2):
             fn()
         synchronize(device)
+        wall = time.perf_counter() - started
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    idle = f"\n{wall * 1e3:.1f} ms for the 2 calls"
+    if device.type == "cuda":
+        idle += f"; {device_idle(profiler.events())}"
     table = profiler.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
-    print(f"--- profile: {label} (2 calls) ---\n{table}", flush=True)
+    print(f"--- profile: {label} (2 calls) ---\n{table}{idle}", flush=True)
     if out is not None:
-        (out.parent / f"profile-{label}.txt").write_text(profiler.key_averages().table(sort_by=sort, row_limit=200))
+        full = profiler.key_averages().table(sort_by=sort, row_limit=200)
+        (out.parent / f"profile-{label}.txt").write_text(full + idle)
+
+
+def device_idle(events: Any) -> str:
+    """How long the device ran kernels against the span from the first to the last: the time between kernels
+    (launch gaps, a graph's node gaps, the host's work the device waited for)."""
+    from torch.autograd import DeviceType
+
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA)
+    busy, reach = 0.0, float("-inf")
+    for start, end in spans:  # the union of the intervals (annotations overlap the kernels they hold)
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    span = spans[-1][1] - spans[0][0] if spans else 0.0
+    return f"device busy {busy / 1e3:.1f} ms of a {span / 1e3:.1f} ms span ({len(spans)} device events)"
 
 
 def run_isolated(script: str, argv: list[str], overrides: list[str]) -> list[dict[str, Any]]:

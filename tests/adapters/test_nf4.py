@@ -26,8 +26,8 @@ from adapters.nf4 import kernel_dequantize
 
 def check(device, dtype):
     generator = torch.Generator().manual_seed(0)
-    # sizes not a multiple of the 64-value block nor of the kernel's 256 columns; each layout; weights stacked
-    for rows, cols, nested in [([300], 20, True), ([30], 200, True), ([33], 70, False), ([24], 7, True),
+    # sizes not a multiple of the 64-value block nor of the kernel's 8 x 256 tile; each layout; weights stacked
+    for rows, cols, nested in [([300], 20, True), ([30], 520, True), ([33], 70, False), ([24], 10, True),
                                ([40], 42, True), ([50, 21, 21], 30, True), ([9, 12], 66, False)]:
         weights = [(torch.randn(n, cols, generator=generator) * 0.1).to(device, dtype) for n in rows]
         lora_a = torch.randn(4, cols, generator=generator).to(device, dtype)
