@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-ROWS, PAIRS = 8, 128  # a Triton program's tile: 8 rows of 256 values, each byte's two values written together
+ROWS, PAIRS, WARPS = 8, 128, 4  # a Triton program's tile (8 rows of 256 values: 128 bytes, two values each), warps
 KERNEL = False  # off: slower than bitsandbytes' dequantization and a copy on the 2B shape's MLP weights (runs 82-83)
 
 
@@ -75,7 +75,8 @@ def nf4_dequantize(
         scales = (absmax2[index], code2[index], offset[index]) if nested else (absmax[index], code, absmax[index])
         _kernel()[(-(-count // ROWS), -(-cols // (2 * PAIRS)))](
             weight, absmax[index], *scales, code, out[start:], count, cols, cols // 2, out.stride(0),
-            BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2, NESTED=nested, ROWS=ROWS, PAIRS=PAIRS, enable_fp_fusion=False,
+            BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2, NESTED=nested, ROWS=ROWS, PAIRS=PAIRS, num_warps=WARPS,
+            enable_fp_fusion=False,
         )  # fmt: skip
         start += count
     if right is not None:
