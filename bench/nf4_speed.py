@@ -74,19 +74,19 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="the kernel's tile sizes and warps too")
     args = parser.parse_args()
     emit(environment(), None)
-    tiles = (
-        itertools.product((4, 8, 16, 32), (64, 128, 256), (4, 8)) if args.sweep else [(nf4.ROWS, nf4.PAIRS, nf4.WARPS)]
-    )
+    default = (nf4.ROWS, nf4.PAIRS, nf4.WARPS)
+    tiles = list(itertools.product((4, 8, 16, 32), (64, 128, 256), (4, 8))) if args.sweep else [default]
     for name, (out, width) in weights(SHAPES[args.shape]).items():
         row = {"what": "nf4-dequantize", "shape": args.shape, "weight": name, "out": out, "in": width}
-        megabytes = out * width * 2.5 / 1e6  # half a byte read, two written per value
+        terabytes = out * width * 2.5 / 1e12  # half a byte read, two written per value
         for contender, fn in contenders(out, width).items():
             for tile in tiles if contender == "kernel" else [None]:
                 if tile is not None:
                     nf4.ROWS, nf4.PAIRS, nf4.WARPS = tile
                 us = microseconds(fn)
                 named = contender if tile is None else f"kernel-{tile[0]}x{tile[1]}-w{tile[2]}"
-                emit({**row, "contender": named, "us": round(us, 2), "GB_per_s": round(megabytes / us, 1)}, None)
+                emit({**row, "contender": named, "us": round(us, 2), "TB_per_s": round(terabytes / us * 1e6, 2)}, None)
+            nf4.ROWS, nf4.PAIRS, nf4.WARPS = default
 
 
 if __name__ == "__main__":
