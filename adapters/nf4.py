@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-ROWS, PAIRS, WARPS = 8, 128, 4  # a Triton program's tile (8 rows of 256 values: 128 bytes, two values each), warps
+ROWS, PAIRS, WARPS = 16, 128, 4  # a Triton program's tile (16 rows of 256 values: 128 bytes, two values each), warps
 KERNEL = False  # off: slower than bitsandbytes' dequantization and a copy on the 2B shape's MLP weights (runs 82-83)
 
 
