@@ -28,21 +28,25 @@ def _kernel() -> Any:
     def dequantize(
         packed, absmax, absmax2, code2, offset, code, out, rows, cols, half, stride,
         BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, ROWS: tl.constexpr,
-        PAIRS: tl.constexpr,
+        PAIRS: tl.constexpr, GROUP: tl.constexpr, SHARED: tl.constexpr,
     ):  # fmt: skip
-        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
-        pair = tl.program_id(1) * PAIRS + tl.arange(0, PAIRS)[None, :]  # a byte: its row's values 2 pair, 2 pair + 1
+        # a tile of ROWS x PAIRS bytes in groups of GROUP; a byte holds its row's values 2 pair and 2 pair + 1
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None, None]
+        group = tl.program_id(1) * PAIRS + tl.arange(0, PAIRS // GROUP)[None, :, None] * GROUP
+        pair = group + tl.arange(0, GROUP)[None, None, :]
         inside = (row < rows) & (pair < half)
         byte = tl.load(packed + row * half + pair, mask=inside, other=0).to(tl.int32)  # W's row-major order
-        block = (row * cols + 2 * pair) // BLOCKSIZE  # the pair's, as BLOCKSIZE is even
+        first = group if SHARED else pair  # SHARED: a group's bytes lie in one block, its scale loaded once
+        known = (row < rows) & (first < half)
+        block = (row * cols + 2 * first) // BLOCKSIZE  # BLOCKSIZE is even: a byte's two values share it
         if NESTED:  # the block maxima are 8-bit codes scaled per BLOCKSIZE2 blocks, plus their mean
-            scale = tl.load(code2 + tl.load(absmax + block, mask=inside, other=0).to(tl.int32), mask=inside, other=0.0)
-            scale = scale * tl.load(absmax2 + block // BLOCKSIZE2, mask=inside, other=0.0) + tl.load(offset)
+            scale = tl.load(code2 + tl.load(absmax + block, mask=known, other=0).to(tl.int32), mask=known, other=0.0)
+            scale = scale * tl.load(absmax2 + block // BLOCKSIZE2, mask=known, other=0.0) + tl.load(offset)
         else:
-            scale = tl.load(absmax + block, mask=inside, other=0.0)
+            scale = tl.load(absmax + block, mask=known, other=0.0)
         high = tl.load(code + (byte >> 4), mask=inside, other=0.0) * scale
         low = tl.load(code + (byte & 15), mask=inside, other=0.0) * scale
-        col = tl.program_id(1) * 2 * PAIRS + tl.arange(0, 2 * PAIRS)[None, :]
+        col = 2 * group + tl.arange(0, 2 * GROUP)[None, None, :]
         values = tl.interleave(high, low).to(out.dtype.element_ty)
         tl.store(out + row * stride + col, values, mask=(row < rows) & (col < cols))
 
@@ -70,13 +74,14 @@ def nf4_dequantize(
     (double-quantized) where absmax2, code2 and offset are given (one per weight)."""
     out = packed[0].new_empty(_shape(rows, cols, right, below), dtype=dtype)
     nested = bool(absmax2)
+    group = min(blocksize // 2, PAIRS)  # bytes of one block (where blocks start on rows), of a tile at most
     start = 0
     for index, (weight, count) in enumerate(zip(packed, rows, strict=True)):
         scales = (absmax2[index], code2[index], offset[index]) if nested else (absmax[index], code, absmax[index])
         _kernel()[(-(-count // ROWS), -(-cols // (2 * PAIRS)))](
             weight, absmax[index], *scales, code, out[start:], count, cols, cols // 2, out.stride(0),
-            BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2, NESTED=nested, ROWS=ROWS, PAIRS=PAIRS, num_warps=WARPS,
-            enable_fp_fusion=False,
+            BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2, NESTED=nested, ROWS=ROWS, PAIRS=PAIRS, GROUP=group,
+            SHARED=cols % blocksize == 0, num_warps=WARPS, enable_fp_fusion=False,
         )  # fmt: skip
         start += count
     if right is not None:

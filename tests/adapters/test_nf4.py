@@ -26,9 +26,11 @@ from adapters.nf4 import kernel_dequantize
 
 def check(device, dtype):
     generator = torch.Generator().manual_seed(0)
-    # sizes not a multiple of the 64-value block nor of the kernel's 8 x 256 tile; each layout; weights stacked
+    # sizes not a multiple of the 64-value block nor of the kernel's 16 x 256 tile, then rows of whole blocks (their
+    # scales loaded once a block); each layout; weights stacked
     for rows, cols, nested in [([300], 20, True), ([30], 520, True), ([33], 70, False), ([24], 10, True),
-                               ([40], 42, True), ([50, 21, 21], 30, True), ([9, 12], 66, False)]:
+                               ([40], 42, True), ([50, 21, 21], 30, True), ([9, 12], 66, False),
+                               ([20], 576, True), ([33], 128, False)]:
         weights = [(torch.randn(n, cols, generator=generator) * 0.1).to(device, dtype) for n in rows]
         lora_a = torch.randn(4, cols, generator=generator).to(device, dtype)
         lora_b = torch.randn(sum(rows), 4, generator=generator).to(device, dtype)
@@ -54,7 +56,7 @@ def test_kernel_gives_bitsandbytes_values_in_the_interpreter() -> None:
     script = textwrap.dedent(CASES) + "\ncheck('cpu', torch.float32)\n"
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_exact(done.stdout, 7)
+    _assert_exact(done.stdout, 9)
 
 
 @pytest.mark.gpu
@@ -66,7 +68,7 @@ def test_bf16_kernel_gives_bitsandbytes_values_to_the_bit() -> None:
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_exact(done.stdout, 7)
+    _assert_exact(done.stdout, 9)
 
 
 @pytest.mark.gpu
