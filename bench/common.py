@@ -134,8 +134,10 @@ def peak_memory(device: torch.device, history: Path | None = None) -> Iterator[d
         torch.cuda.memory._record_memory_history(enabled=None)
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median seconds per call after `warmup` calls."""
+def timed(
+    fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2, every: list[float] | None = None
+) -> float:
+    """Median seconds per call after `warmup` calls (each call's appended to `every` where given)."""
     for _ in range(warmup):
         fn()
     seconds = []
@@ -145,6 +147,8 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
         fn()
         synchronize(device)
         seconds.append(time.perf_counter() - started)
+    if every is not None:
+        every.extend(seconds)
     return sorted(seconds)[len(seconds) // 2]
 
 

@@ -134,7 +134,8 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         started = time.perf_counter()
         step()
         first_step_s = time.perf_counter() - started  # includes compilation for the compiled contenders
-        seconds = timed(step, device, args.steps, warmup=args.warmup)
+        every: list[float] = []
+        seconds = timed(step, device, args.steps, warmup=args.warmup, every=every)
     if history is not None:
         print(f"--- allocated at the peak: {contender} ---\n{history.read_text()}", flush=True)
     if contender in args.profile.split(","):
@@ -144,6 +145,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     return {
         "tokens_per_s": args.batch * args.seq / seconds,
         "step_s": seconds,
+        "steps_ms": [round(s * 1e3, 1) for s in every],  # in the order timed: a drift shows
         "first_step_s": first_step_s,
         "grad_norm": grad_norm,
         "losses": [round(r["loss"], 5) for r in records],
