@@ -1,7 +1,8 @@
 """adapters/nf4.py: NF4 weights dequantized by one kernel into `lora_linear`'s layouts give bitsandbytes' values.
 
 On the CPU the kernel runs in Triton's interpreter against bitsandbytes' CPU backend (float32); on a GPU in bf16
-against bitsandbytes' CUDA kernels, to the bit, and inside QLoRA training (tiny Gemma 3) against the same training through bitsandbytes."""
+against bitsandbytes' CUDA kernels, to the bit, and inside QLoRA training (tiny Gemma 3) against the same training
+through bitsandbytes."""
 
 from __future__ import annotations
 
