@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 ROWS, PAIRS, WARPS = 16, 128, 4  # a Triton program's tile (16 rows of 256 values: 128 bytes, two values each), warps
-KERNEL = False  # off: slower than bitsandbytes' dequantization and a copy on the 2B shape's MLP weights (runs 82-83)
+KERNEL = True  # False: bitsandbytes' dequantization and a copy (bench/train_speed.py -bnb compares)
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from model load to the last step. Contenders:
   ...-addmm           ... LoRA products added inside their matmuls (`lora_addmm`; bench/layer_buffers.py)
   ...-nowiden         ... -addmm with every product added into the output (adapters.lora_addmm.WIDEN off)
   ...-nogroup         ... -addmm with each projection its own operator (adapters.lora_addmm.SIBLINGS empty)
-  ...-nf4kernel       ... -addmm with NF4 weights dequantized by adapters/nf4.py's kernel (nf4.KERNEL)
+  ...-bnb             ... -addmm with NF4 weights dequantized by bitsandbytes and copied (nf4.KERNEL off)
   ...-fp32            ... computing in float32 (a reference for the bf16 contenders' losses)
   ...-autotune        ... compiled layers under inductor's max-autotune (Triton matmul templates, epilogues fused)
   trl                 TRL SFTTrainer (gradient checkpointing, its default)
@@ -82,7 +82,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     lora_addmm.WIDEN = "-nowiden" not in contender
     if "-nogroup" in contender:
         lora_addmm.SIBLINGS = ()
-    nf4.KERNEL = "-nf4kernel" in contender
+    nf4.KERNEL = "-bnb" not in contender
     if "-nowiden" in contender:  # it changes the operator's fake, not the traced graph:
         torch._inductor.config.fx_graph_cache = False  # a compile cached by another contender would not see it
         torch._functorch.config.enable_autograd_cache = False
