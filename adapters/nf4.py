@@ -4,8 +4,11 @@ layouts (adapters/lora_addmm.py): `[W | B]` or `[W ; A]` without a copy of W to 
 bitsandbytes dequantizes a double-quantized NF4 weight with two kernels (the blocks' absolute maxima, then the
 weight) into a new contiguous [out x in] matrix; widening it then copies all of it again. Here one kernel reads
 the packed codes, the 8-bit block maxima and their fp32 scales and writes each value where it goes, rows as far
-apart as the wider matrix needs; the LoRA columns (or rows) are copied in beside them. The arithmetic is
-bitsandbytes' own, in the same order and in fp32 (no fused multiply-add), so the values are the same to the bit.
+apart as the wider matrix needs; the LoRA columns (or rows) are copied in beside them. A program takes a tile of
+rows: each byte loaded once and its two values written side by side, and where blocks start on rows (widths a
+multiple of the block) a block's scale loaded once for its bytes. The arithmetic is bitsandbytes' own, in the
+same order and in fp32 (no fused multiply-add), so the values are the same to the bit. On the 2B shape's weights
+it takes about 40% of bitsandbytes' time plus the copy (BENCHMARKS.md, runs 86-90).
 """
 
 from __future__ import annotations
@@ -124,12 +127,15 @@ def dequantize(
     """bitsandbytes' NF4 weights (`packed`, their `quant_state`s) of one width, stacked and dequantized into
     `[W | right]` or `[W ; below]` by the kernel; None where it does not apply (`KERNEL` off, not on a GPU, not
     NF4, no Triton, quantized unlike one another, an odd
-    number of columns), for the caller to dequantize with bitsandbytes."""
+    number of columns, 2^31 values or more), for the caller to dequantize with bitsandbytes."""
     if not KERNEL or not packed[0].is_cuda or not _has_triton():
         return None
     first = states[0]
     kinds = {(s.quant_type, s.blocksize, s.nested and s.state2.blocksize, tuple(s.shape)[1:]) for s in states}
     if len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2 or first.shape[1] % 2:
+        return None
+    rows = sum(s.shape[0] for s in states) + (0 if below is None else below.shape[0])
+    if rows * (first.shape[1] + (0 if right is None else right.shape[1])) >= 2**31:  # the kernel's int32 offsets
         return None
     return kernel_dequantize(packed, states, dtype, right, below)
 
