@@ -126,16 +126,16 @@ def dequantize(
 ) -> torch.Tensor | None:
     """bitsandbytes' NF4 weights (`packed`, their `quant_state`s) of one width, stacked and dequantized into
     `[W | right]` or `[W ; below]` by the kernel; None where it does not apply (`KERNEL` off, not on a GPU, not
-    NF4, no Triton, quantized unlike one another, an odd
-    number of columns, 2^31 values or more), for the caller to dequantize with bitsandbytes."""
+    NF4, no Triton, quantized unlike one another, an odd number of columns, 2^31 values or more), for the caller
+    to dequantize with bitsandbytes."""
     if not KERNEL or not packed[0].is_cuda or not _has_triton():
         return None
     first = states[0]
     kinds = {(s.quant_type, s.blocksize, s.nested and s.state2.blocksize, tuple(s.shape)[1:]) for s in states}
     if len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2 or first.shape[1] % 2:
         return None
-    rows = sum(s.shape[0] for s in states) + (0 if below is None else below.shape[0])
-    if rows * (first.shape[1] + (0 if right is None else right.shape[1])) >= 2**31:  # the kernel's int32 offsets
+    rows, cols = _shape([s.shape[0] for s in states], first.shape[1], right, below)
+    if rows * cols >= 2**31:  # the kernel's offsets are int32
         return None
     return kernel_dequantize(packed, states, dtype, right, below)
 

@@ -152,6 +152,21 @@ def timed(
     return sorted(seconds)[len(seconds) // 2]
 
 
+def captured(fn: Callable[[], Any], calls: int = 1) -> torch.cuda.CUDAGraph:
+    """`fn` called `calls` times, captured as one CUDA graph after a warm-up call on a side stream."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph
+
+
 def emit(row: dict[str, Any], out: Path | None) -> None:
     """Print one JSON result row (and append it to `out`)."""
     line = json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in row.items()})

@@ -15,7 +15,7 @@ import argparse
 from typing import Any
 
 import torch
-from common import emit, environment, profile_table, timed
+from common import captured, emit, environment, profile_table, timed
 
 SHAPES = {  # hidden, q, kv, intermediate
     "gemma-2-2b": (2304, 2048, 1024, 9216),
@@ -92,16 +92,7 @@ def graphed(variant: Any, width: int, outs: list[int], tokens: int) -> Any:
     x = torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16)
     params = [nf4(out, width) for out in outs]
     grads = [torch.randn(tokens, out, device="cuda", dtype=torch.bfloat16) for out in [*outs, sum(outs)]]
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        variant(x, params, grads)
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            variant(x, params, grads)
-    torch.cuda.current_stream().wait_stream(stream)
-    return graph.replay
+    return captured(lambda: variant(x, params, grads)).replay
 
 
 def main() -> None:

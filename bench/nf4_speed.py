@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import emit, environment
+from common import captured, emit, environment
 from lora_groups import SHAPES
 
 RANK = 16
@@ -27,16 +27,7 @@ def weights(shape: tuple[int, int, int, int]) -> dict[str, tuple[int, int]]:
 
 def microseconds(fn: Callable[[], Any], repeats: int = 50) -> float:
     """Median µs per call of `fn` replayed from a CUDA graph (as the trainer runs it: no launch cost)."""
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            for _ in range(10):
-                fn()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = captured(fn, calls=10)
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
