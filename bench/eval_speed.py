@@ -214,7 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m", choices=common.MODELS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa", "flex_attention"])
+    parser.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa", "flex_attention", "cudnn"])
     parser.add_argument("--texts", type=int, default=64)
     parser.add_argument("--seq", type=int, default=1023, help="scored tokens per text at most (BOS comes on top)")
     parser.add_argument("--batch", type=int, default=16)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from harness import cudnn_attention
 from harness.attention import flex_kwargs
 from harness.headloss import token_nll
 from harness.models import LoadedModel
@@ -54,9 +55,11 @@ def output_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, float | N
 _COMPILED_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
 
 
-def scoring_decoder(decoder: torch.nn.Module, compile_: bool) -> Any:
+def scoring_decoder(decoder: torch.nn.Module, compile_: bool, graphs: bool = False) -> Any:
     """The decoder stack to score with: under --compile, one torch.compile wrapper per decoder. A wrapper, not the
     modules themselves: generation keeps the plain modules for transformers' own compiled static-cache decoding.
+    `graphs` (a GPU): the compiled decoder replays CUDA graphs (mode reduce-overhead), one per batch shape, so that
+    the host does not launch its hundreds of kernels per batch; callers keep the shapes few (_scoring_width).
 
     Batch size and width are marked dynamic where the graph allows it (maybe_mark_dynamic), so that batches of any
     width share one graph. Not `dynamic=True`: that forces a symbolic batch size, on which torch's lowering of flex
@@ -64,16 +67,33 @@ def scoring_decoder(decoder: torch.nn.Module, compile_: bool) -> Any:
     if not compile_:
         return decoder
     if decoder not in _COMPILED_DECODERS:
-        _COMPILED_DECODERS[decoder] = torch.compile(decoder)
+        _COMPILED_DECODERS[decoder] = torch.compile(decoder, mode="reduce-overhead" if graphs else None)
     compiled = _COMPILED_DECODERS[decoder]
 
-    def call(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
-        for tensor in (input_ids, attention_mask):
-            for dim in (0, 1) if tensor is not None else ():
-                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+    def call(input_ids: torch.Tensor, attention_mask: Any, **kwargs: Any) -> Any:
+        for dim in (0, 1):
+            torch._dynamo.maybe_mark_dynamic(input_ids, dim)
         return compiled(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     return call
+
+
+def _scoring_width(width: int, config: Any, graphs: bool) -> int:
+    """A batch's padded width: with CUDA graphs rounded up to a multiple of 64 (at most the model's positions), so
+    that batches of any texts replay a few recorded graphs instead of recording one per width."""
+    if not graphs:
+        return width
+    rounded = -(-width // 64) * 64
+    return max(width, min(rounded, getattr(config, "max_position_embeddings", None) or rounded))
+
+
+def _causal_masks(config: Any) -> Any:
+    """The decoder's mask argument for rows padded at the end: None (transformers builds the causal and windowed
+    masks), or no mask for any layer type where attention applies the sliding window itself (harness.cudnn_attention,
+    whose kernels then skip the blocks outside the window: a mask tensor would make them compute every block)."""
+    if config._attn_implementation != cudnn_attention.NAME:
+        return None
+    return {kind: None for kind in set(getattr(config, "layer_types", None) or ["full_attention"])}
 
 
 def _window_nll(
@@ -82,17 +102,19 @@ def _window_nll(
     """Summed NLL of each window's scored tokens (float64, on the device), run as one right-padded batch. Nothing
     here waits for the device: the result is read back by the caller."""
     decoder, head, softcap = output_head(model)
+    graphs = compile_ and device.type == "cuda"
     lengths = torch.tensor([len(w.input_ids) for w in windows])
     score_from = torch.tensor([w.score_from for w in windows])
-    width = int(lengths.max())
+    width = _scoring_width(int(lengths.max()), model.config, graphs)
     input_ids = torch.tensor([w.input_ids + [pad_id] * (width - len(w.input_ids)) for w in windows])
     columns = torch.arange(width)
     attention_mask = columns[None, :] < lengths[:, None]
-    # Without padding the mask is all ones: leave it out so attention can take the fused causal kernels.
-    mask = None if bool(attention_mask.all()) else _to_device(attention_mask.long(), device)
+    # No padding mask: the rows are padded at the end, and causal attention alone keeps every real position from
+    # seeing the padding after it. Without one, attention takes the fused causal (and windowed) kernels.
     input_ids = _to_device(input_ids, device)
     tiles = flex_kwargs(model.config, device)
-    hidden = scoring_decoder(decoder, compile_)(input_ids=input_ids, attention_mask=mask, **tiles)[0]
+    masks = _causal_masks(model.config)
+    hidden = scoring_decoder(decoder, compile_, graphs)(input_ids=input_ids, attention_mask=masks, **tiles)[0]
     # Scored positions found on the host: a nonzero() on the device would wait for the decoder to finish.
     scored = attention_mask & (columns[None, :] >= score_from[:, None])
     rows, positions = (_to_device(index, device) for index in scored.nonzero(as_tuple=True))

@@ -82,6 +82,17 @@ class ModelOptions(BaseModel):
 
         return local_device()
 
+    def resolved_attention(self) -> str:
+        """`auto` on a GPU where the cuDNN frontend is installed: cudnn (harness.cudnn_attention), whose kernels
+        take the sliding windows and Gemma 2's soft-cap themselves, as the trainer's `auto` does; elsewhere `auto`
+        leaves the choice to transformers."""
+        if self.attention == "auto" and self.resolved_device().startswith("cuda"):
+            from harness import cudnn_attention
+
+            if cudnn_attention.available():
+                return cudnn_attention.NAME
+        return self.attention
+
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype != "auto":
             return getattr(torch, self.dtype)
@@ -148,7 +159,7 @@ class LoadedModel:
                 "quant": self.options.quant,
                 "device": self.device.type,
                 # Back-end and compilation change bf16 rounding; the defaults keep earlier fingerprints valid.
-                **({"attention": self.options.attention} if self.options.attention != "auto" else {}),
+                **({"attention": attention} if (attention := self.options.resolved_attention()) != "auto" else {}),
                 **({"compile": True} if self.options.compile else {}),
             }
         )
@@ -255,16 +266,17 @@ def _quantization_config(options: ModelOptions) -> Any:
 def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
     from transformers import AutoModelForCausalLM
 
-    if options.attention == "cudnn":
+    attention = options.resolved_attention()
+    if attention == "cudnn":
         _check_cudnn_attention()
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint,
         dtype=options.resolved_dtype(),
         quantization_config=_quantization_config(options),
         device_map={"": options.resolved_device()},
-        attn_implementation=None if options.attention == "auto" else options.attention,
+        attn_implementation=None if attention == "auto" else attention,
     )
-    if options.attention == "auto" and caps_attention(model.config) and model.config._attn_implementation == "sdpa":
+    if attention == "auto" and caps_attention(model.config) and model.config._attn_implementation == "sdpa":
         # Some transformers versions (5.17) pick sdpa for Gemma 2, which drops its attention soft-cap silently.
         model.set_attn_implementation("eager")
     model.eval()
