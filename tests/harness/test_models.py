@@ -126,6 +126,22 @@ def test_attention_back_end_and_compilation_key_the_cache(gemma: LoadedModel) ->
     assert gemma.fingerprint in fingerprints
 
 
+def test_auto_attention_on_a_gpu_with_the_cudnn_frontend_is_cudnn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU where the cuDNN frontend is installed, `auto` loads cudnn and keys the cache as cudnn does; on this
+    CPU, as before. No GPU here: the device and the frontend's presence are patched in (no weights load)."""
+    from harness import cudnn_attention
+
+    assert ModelOptions().resolved_attention() == "auto"
+    monkeypatch.setattr(ModelOptions, "resolved_device", lambda self: "cuda")
+    monkeypatch.setattr(cudnn_attention, "available", lambda: True)
+    assert ModelOptions().resolved_attention() == "cudnn"
+    assert ModelOptions(attention="sdpa").resolved_attention() == "sdpa"
+    auto, cudnn = (load_model(ModelOptions(**options)).fingerprint for options in ({}, {"attention": "cudnn"}))
+    assert auto == cudnn
+    monkeypatch.setattr(cudnn_attention, "available", lambda: False)
+    assert load_model(ModelOptions()).fingerprint != cudnn
+
+
 def test_eager_attention_scores_like_the_default(gemma: LoadedModel) -> None:
     eager = load_model(ModelOptions(attention="eager"))
     text = ["The committee will meet on Tuesday to review the budget."]

@@ -104,3 +104,64 @@ def test_compiled_scoring_under_flex_attention_matches_eager() -> None:
             eager = _window_nll(model, 0, torch.device("cpu"), windows, compile_=False)
             compiled = _window_nll(model, 0, torch.device("cpu"), windows, compile_=True)
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
+
+
+def _tiny_gemma3(attention: str) -> torch.nn.Module:
+    """A tiny random-weight Gemma 3 from its config, with a 16-token sliding window: the embedded model's window is
+    512 tokens, more than a fast test can score on this CPU."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
+                              layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention).eval()
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_padded_batch_without_a_mask_equals_each_window_alone(attention: str) -> None:
+    """Rows padded at the end go in without a padding mask: causal attention alone must keep the padding out of
+    every scored position, past the sliding window too (rows of 40, 33 and 9 tokens against a 16-token window)."""
+    from harness.compute import Window, _window_nll
+
+    model, cpu = _tiny_gemma3(attention), torch.device("cpu")
+    generator = torch.Generator().manual_seed(1)
+    rows = [(40, 1), (33, 20), (9, 3)]  # (tokens, first scored position)
+    windows = [Window(0, torch.randint(1, 512, (n,), generator=generator).tolist(), s) for n, s in rows]
+    with torch.inference_mode():
+        batched = _window_nll(model, 0, cpu, windows)
+        alone = torch.cat([_window_nll(model, 0, cpu, [window]) for window in windows])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    assert bool((batched > 0).all())
+
+
+def test_scoring_width_rounds_up_only_for_cuda_graphs() -> None:
+    from types import SimpleNamespace
+
+    from harness.compute import _scoring_width
+
+    config = SimpleNamespace(max_position_embeddings=1040)
+    assert [_scoring_width(w, config, graphs=True) for w in (1, 64, 65, 1000, 1030, 1050)] == [
+        64,
+        64,
+        128,
+        1024,
+        1040,
+        1050,
+    ]
+    assert _scoring_width(1000, config, graphs=False) == 1000
+    assert _scoring_width(1000, SimpleNamespace(), graphs=True) == 1024
+
+
+def test_causal_masks_leave_windows_to_the_cudnn_kernels() -> None:
+    """Under attention: cudnn no layer type gets a mask (its kernels apply the window); otherwise transformers
+    builds the causal and windowed masks itself."""
+    from types import SimpleNamespace
+
+    from harness import cudnn_attention
+    from harness.compute import _causal_masks
+
+    layer_types = ["sliding_attention", "sliding_attention", "full_attention"]
+    cudnn = SimpleNamespace(_attn_implementation=cudnn_attention.NAME, layer_types=layer_types)
+    assert _causal_masks(cudnn) == {"sliding_attention": None, "full_attention": None}
+    assert _causal_masks(SimpleNamespace(_attn_implementation="sdpa", layer_types=layer_types)) is None
