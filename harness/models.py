@@ -26,9 +26,10 @@ from harness.fingerprint import hash_files, hash_json
 
 Quant = Literal["none", "nf4", "int8"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-# transformers' attention back-ends; "auto" is its default (sdpa, or eager for Gemma 2, whose attention soft-cap
-# sdpa cannot apply: _load_weights sees to that). flex_attention applies the soft-cap and sliding windows in one
-# compiled kernel; cudnn (harness.cudnn_attention) runs cuDNN's flash kernels with sliding windows, on a GPU.
+# Attention back-ends: "auto" is cudnn on a GPU with the cuDNN frontend (ModelOptions.resolved_attention), else
+# transformers' default (sdpa, or eager for Gemma 2, whose attention soft-cap sdpa cannot apply: _load_weights sees
+# to that). flex_attention applies the soft-cap and sliding windows in one compiled kernel; cudnn
+# (harness.cudnn_attention) runs cuDNN's flash kernels with sliding windows and the soft-cap, on a GPU.
 Attention = Literal["auto", "eager", "sdpa", "flex_attention", "cudnn"]
 
 
