@@ -89,11 +89,13 @@ def _scoring_width(width: int, config: Any, graphs: bool) -> int:
 
 def _causal_masks(config: Any) -> Any:
     """The decoder's mask argument for rows padded at the end: None (transformers builds the causal and windowed
-    masks), or no mask for any layer type where attention applies the sliding window itself (harness.cudnn_attention,
-    whose kernels then skip the blocks outside the window: a mask tensor would make them compute every block)."""
-    if config._attn_implementation != cudnn_attention.NAME:
+    masks), or, for a model with layer types under harness.cudnn_attention, no mask for any of them: those kernels
+    apply the sliding window themselves and skip the blocks outside it, where a mask tensor would make them compute
+    every block. (A model without layer types takes no such mapping; its causal mask is None anyway.)"""
+    layer_types = getattr(config, "layer_types", None)
+    if config._attn_implementation != cudnn_attention.NAME or not layer_types:
         return None
-    return {kind: None for kind in set(getattr(config, "layer_types", None) or ["full_attention"])}
+    return dict.fromkeys(set(layer_types))
 
 
 def _window_nll(

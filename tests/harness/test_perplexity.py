@@ -165,3 +165,4 @@ def test_causal_masks_leave_windows_to_the_cudnn_kernels() -> None:
     cudnn = SimpleNamespace(_attn_implementation=cudnn_attention.NAME, layer_types=layer_types)
     assert _causal_masks(cudnn) == {"sliding_attention": None, "full_attention": None}
     assert _causal_masks(SimpleNamespace(_attn_implementation="sdpa", layer_types=layer_types)) is None
+    assert _causal_masks(SimpleNamespace(_attn_implementation=cudnn_attention.NAME)) is None  # e.g. Llama
