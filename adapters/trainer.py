@@ -103,16 +103,14 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
 
 
 def _faster_attention(model: Any, config: TrainConfig) -> None:
-    """`attention: auto` on a GPU: cuDNN's kernels (harness.cudnn_attention) where the frontend is installed, with
-    the sliding windows in the kernel (sdpa gives windowed layers a mask tensor, and cuDNN then computes every
-    block) and soft-capped logits (Gemma 2) through its score modifier; flex attention, which also applies the cap
-    in its kernel, without the frontend. transformers' own choice is eager (which materialises [rows x heads x T x
-    T] scores) or, in some versions (5.17), sdpa, which drops the cap without a word. Any model with
-    `keep_activations` gets flex attention: kept cuDNN outputs broke its gradients (sdpa's, runs 38-52)."""
+    """`attention: auto` on a GPU. Where the frontend is installed the model already loads with cuDNN's kernels
+    (ModelOptions.resolved_attention: the sliding windows in the kernel, soft-capped logits through its score
+    modifier). Without it, soft-capped models (Gemma 2) get flex attention, which also applies the cap in its kernel:
+    transformers' own choice is eager (which materialises [rows x heads x T x T] scores) or, in some versions
+    (5.17), sdpa, which drops the cap without a word. Any model with `keep_activations` gets flex attention: kept
+    cuDNN outputs broke its gradients (sdpa's, runs 38-52)."""
     if config.keep_activations or (caps_attention(model.config) and not cudnn_attention.available()):
         model.set_attn_implementation("flex_attention")
-    elif cudnn_attention.available():
-        model.set_attn_implementation(cudnn_attention.register())
 
 
 def compile_layers(model: Any) -> None:

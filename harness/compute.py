@@ -110,7 +110,7 @@ def _window_nll(
     width = _scoring_width(int(lengths.max()), model.config, graphs)
     input_ids = torch.tensor([w.input_ids + [pad_id] * (width - len(w.input_ids)) for w in windows])
     columns = torch.arange(width)
-    attention_mask = columns[None, :] < lengths[:, None]
+    in_text = columns[None, :] < lengths[:, None]
     # No padding mask: the rows are padded at the end, and causal attention alone keeps every real position from
     # seeing the padding after it. Without one, attention takes the fused causal (and windowed) kernels.
     input_ids = _to_device(input_ids, device)
@@ -118,7 +118,7 @@ def _window_nll(
     masks = _causal_masks(model.config)
     hidden = scoring_decoder(decoder, compile_, graphs)(input_ids=input_ids, attention_mask=masks, **tiles)[0]
     # Scored positions found on the host: a nonzero() on the device would wait for the decoder to finish.
-    scored = attention_mask & (columns[None, :] >= score_from[:, None])
+    scored = in_text & (columns[None, :] >= score_from[:, None])
     rows, positions = (_to_device(index, device) for index in scored.nonzero(as_tuple=True))
     # The hidden state at position p-1 predicts the token at p.
     nll = token_nll(hidden[rows, positions - 1], input_ids[rows, positions], head, softcap)
