@@ -22,7 +22,8 @@ DEFAULTS = (0, 0, 64, 8, 3, 16)  # "auto": the tiles harness.head_kernel picks b
 CONFIGS = (
     "auto,128x128x64w8s3v1,128x128x64w8s3v16,128x256x64w8s3v16,256x128x64w8s3v16,128x256x64w8s4v16,128x128x64w8s4v32"
 )
-SHAPES = {"gemma-3-270m": (640, 262_144), "gemma-2-2b-shape": (2304, 256_000)}
+# hidden size, vocabulary and final soft-cap of each model's head
+SHAPES = {"gemma-3-270m": (640, 262_144, None), "gemma-2-2b-shape": (2304, 256_000, 30.0)}
 
 
 def timed_ms(fn: object, repeats: int = 10, graph: bool = False) -> float:
@@ -46,30 +47,35 @@ def timed_ms(fn: object, repeats: int = 10, graph: bool = False) -> float:
     return start.elapsed_time(end) / repeats
 
 
-def compare(model: str, dim: int, vocab: int, rows: int, configs: list[str]) -> None:
+def compare(model: str, dim: int, vocab: int, softcap: float | None, rows: int, configs: list[str]) -> None:
     from harness import head_kernel, headloss
 
     hidden = torch.randn(rows, dim, device="cuda").bfloat16()
     head = torch.nn.Linear(dim, vocab, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    head.weight.normal_(0, 0.5)  # logits of a few units, so that the soft-cap bends some of them
     targets = torch.randint(0, vocab, (rows,), device="cuda")
     tflop = 2 * rows * dim * vocab / 1e12
-    reference = head_kernel.linear_logsumexp(hidden, head.weight, None)
+    some = slice(0, 256)  # the rows checked against float64
+    reference = torch.logsumexp(headloss._capped(hidden[some].double() @ head.weight.double().T, softcap), dim=-1)
+    label = model + (f" cap {softcap:g}" if softcap else "")
 
     def report(what: str, ms: float) -> None:
-        print(f"{model:>17} {what:>22}: {ms:8.2f} ms  {tflop / ms * 1e3:6.0f} TFLOP/s", flush=True)
+        print(f"{label:>24} {what:>22}: {ms:8.2f} ms  {tflop / ms * 1e3:6.0f} TFLOP/s", flush=True)
 
     report("cuBLAS matmul only", timed_ms(lambda: hidden @ head.weight.T))
     headloss.FUSED_KERNEL = False
-    report("chunked head NLL", timed_ms(lambda: headloss.token_nll(hidden, targets, head, None)))
+    report("chunked head NLL", timed_ms(lambda: headloss.token_nll(hidden, targets, head, softcap)))
     headloss.FUSED_KERNEL = True
     for config in configs:
         m, n, k, warps, stages, splits = map(int, re.findall(r"\d+", config)) if config != "auto" else DEFAULTS
         head_kernel.BLOCK_M, head_kernel.BLOCK_N, head_kernel.BLOCK_K = m or None, n or None, k
         head_kernel.WARPS, head_kernel.STAGES, head_kernel.MIN_SPLITS = warps, stages, splits
         try:
-            error = float((head_kernel.linear_logsumexp(hidden, head.weight, None) - reference).abs().max())
-            report(f"kernel {config}", timed_ms(lambda: head_kernel.linear_nll(hidden, head.weight, targets, None)))
-            print(f"{'':>40}  max |lse - default tiles'| = {error:.2e}", flush=True)
+            lse = head_kernel.linear_logsumexp(hidden[some], head.weight, softcap)
+            error = float((lse.double() - reference).abs().max())
+            ms = timed_ms(lambda: head_kernel.linear_nll(hidden, head.weight, targets, softcap))
+            report(f"kernel {config}", ms)
+            print(f"{'':>48}  max |lse - fp64| = {error:.2e}", flush=True)
         except Exception as failure:  # a tile that does not fit in shared memory fails to launch
             print(f"{model:>17} kernel {config}: {repr(failure)[:200]}", flush=True)
 
@@ -107,15 +113,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=16_384)
     parser.add_argument("--configs", default=CONFIGS, help="tiles MxNxK, warps, stages, minimum vocabulary splits")
+    parser.add_argument("--pointer-loads", action="store_true", help="the kernel's tiles without tensor descriptors")
     parser.add_argument("--lse", default="", help="log-sum-exp settings SLICExBLOCKwWARPS (training's head)")
     args = parser.parse_args()
+    from harness import head_kernel
+
+    head_kernel.TMA = not args.pointer_loads
     if args.lse:
-        for model, (_, vocab) in SHAPES.items():
+        for model, (_, vocab, _) in SHAPES.items():
             for softcap in (None, 30.0) if model == "gemma-2-2b-shape" else (None,):
                 compare_lse(model, vocab, 256, args.lse.split(","), softcap)
         return
-    for model, (dim, vocab) in SHAPES.items():
-        compare(model, dim, vocab, args.rows, args.configs.split(","))
+    for model, (dim, vocab, softcap) in SHAPES.items():
+        for cap in (None, softcap) if softcap else (None,):
+            compare(model, dim, vocab, cap, args.rows, args.configs.split(","))
 
 
 if __name__ == "__main__":

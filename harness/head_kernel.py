@@ -28,12 +28,22 @@ BLOCK_N: int | None = None
 BLOCK_K, WARPS, STAGES = 64, 8, 3
 MIN_SPLITS = 16  # vocabulary splits per row block: 16 runs ~8 row blocks at a time on an H100
 PROGRAMS_PER_SM = 4
+TMA = True  # bf16 tiles through tensor descriptors (Hopper's tensor memory accelerator)
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _capped_less_cap(logits, softcap):
+    """softcap * tanh(logits / softcap) - softcap = -2 softcap / (exp(2 logits / softcap) + 1), which is <= 0, with
+    exp2 and a fast reciprocal: an IEEE division is a dozen instructions per logit, more than the rest of the
+    epilogue, and the epilogue of the head's matmul runs between its tiles' matmuls."""
+    return tl.fdiv(-2.0 * softcap, tl.exp2(logits * (2.0 * LOG2E / softcap)) + 1.0, ieee_rounding=False)
 
 
 @triton.jit
 def _softcapped(logits, softcap):
-    """Gemma 2's final soft-cap, softcap * tanh(logits / softcap), with tanh written with exp."""
-    return softcap * (1.0 - 2.0 / (tl.exp(2.0 * logits / softcap) + 1.0))
+    """Gemma 2's final soft-cap, softcap * tanh(logits / softcap)."""
+    return softcap + _capped_less_cap(logits, softcap)
 
 
 @triton.jit
@@ -52,8 +62,10 @@ def _partial_lse(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    """Running max and sum of exp(logit - max) of BLOCK_M rows over one split of the vocabulary."""
+    """Running max and sum of exp(logit - max) of BLOCK_M rows over one split of the vocabulary; `TMA`: hidden
+    and weight are tensor descriptors, their tiles copied by the tensor memory accelerator (zeros past the ends)."""
     split, block = tl.program_id(0), tl.program_id(1)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     first = split * split_size
@@ -64,24 +76,33 @@ def _partial_lse(
         offs_n = start + tl.arange(0, BLOCK_N)
         logits = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k in range(0, dim, BLOCK_K):
-            offs_k = k + tl.arange(0, BLOCK_K)
-            h = tl.load(
-                hidden + offs_m[:, None] * dim + offs_k[None, :],
-                mask=(offs_m[:, None] < rows) & (offs_k[None, :] < dim),
-                other=0.0,
-            )
-            w = tl.load(
-                weight + offs_n[None, :] * dim + offs_k[:, None],
-                mask=(offs_n[None, :] < end) & (offs_k[:, None] < dim),
-                other=0.0,
-            )
+            if TMA:
+                h, w = hidden.load([block * BLOCK_M, k]), weight.load([start, k]).T
+            else:
+                offs_k = k + tl.arange(0, BLOCK_K)
+                h = tl.load(
+                    hidden + offs_m[:, None] * dim + offs_k[None, :],
+                    mask=(offs_m[:, None] < rows) & (offs_k[None, :] < dim),
+                    other=0.0,
+                )
+                w = tl.load(
+                    weight + offs_n[None, :] * dim + offs_k[:, None],
+                    mask=(offs_n[None, :] < end) & (offs_k[:, None] < dim),
+                    other=0.0,
+                )
             logits = tl.dot(h, w, logits, input_precision=PRECISION)
-        if HAS_SOFTCAP:
-            logits = _softcapped(logits, softcap)
-        logits = tl.where(offs_n[None, :] < end, logits, float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(logits, 1))
-        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
-        running_max = new_max
+        if HAS_SOFTCAP:  # capped logits are at most softcap: a sum of exp(logit - softcap) needs no running max
+            shifted = tl.exp2(_capped_less_cap(logits, softcap) * LOG2E)
+            running_sum += tl.sum(tl.where(offs_n[None, :] < end, shifted, 0.0), 1)
+        else:
+            logits = tl.where(offs_n[None, :] < end, logits * LOG2E, float("-inf"))  # in base 2 from here
+            new_max = tl.maximum(running_max, tl.max(logits, 1))
+            running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(logits - new_max[:, None]), 1)
+            running_max = new_max
+    if HAS_SOFTCAP:
+        running_max = tl.full([BLOCK_M], 0.0, tl.float32) + softcap
+    else:
+        running_max = running_max / LOG2E
     tl.store(part_max + split * rows + offs_m, running_max, mask=offs_m < rows)
     tl.store(part_sum + split * rows + offs_m, running_sum, mask=offs_m < rows)
 
@@ -100,10 +121,16 @@ def linear_logsumexp(hidden: torch.Tensor, weight: torch.Tensor, softcap: float 
     splits = triton.cdiv(vocab, split_size)
     part_max = torch.empty(splits, rows, dtype=torch.float32, device=hidden.device)
     part_sum = torch.empty_like(part_max)
+    tma, precision = TMA, "ieee" if hidden.dtype == torch.float32 else "tf32"
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        hidden = TensorDescriptor.from_tensor(hidden, [block_m, BLOCK_K])  # type: ignore[assignment]
+        weight = TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K])  # type: ignore[assignment]
     _partial_lse[(splits, blocks)](
         hidden, weight, part_max, part_sum, rows, vocab, dim, split_size, float(softcap or 1.0),
-        HAS_SOFTCAP=bool(softcap), PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, num_warps=WARPS, num_stages=STAGES,
+        HAS_SOFTCAP=bool(softcap), PRECISION=precision,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, TMA=tma, num_warps=WARPS, num_stages=STAGES,
     )  # fmt: skip
     overall = part_max.max(dim=0).values
     return overall + torch.log((part_sum * torch.exp(part_max - overall)).sum(dim=0))
