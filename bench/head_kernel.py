@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     from harness import head_kernel
 
-    head_kernel.TMA = not args.pointer_loads
+    head_kernel.TMA = False if args.pointer_loads else None
     if args.lse:
         for model, (_, vocab, _) in SHAPES.items():
             for softcap in (None, 30.0) if model == "gemma-2-2b-shape" else (None,):

@@ -83,8 +83,10 @@ def test_logits_nll_and_lse_match_float64_in_the_interpreter() -> None:
 
 
 @INTERPRETER_SKIP
-def test_kernel_matches_full_logits_in_the_interpreter() -> None:
-    _assert_interpreted_cases_agree(CASES, 3)
+@pytest.mark.parametrize("tma", [None, False])
+def test_kernel_matches_full_logits_in_the_interpreter(tma: bool | None) -> None:
+    """Tiles through tensor descriptors (the default: the interpreter counts as having them) and through pointers."""
+    _assert_interpreted_cases_agree(f"from harness import head_kernel\nhead_kernel.TMA = {tma}\n" + CASES, 3)
 
 
 @pytest.mark.gpu
