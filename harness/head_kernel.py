@@ -126,7 +126,7 @@ def linear_logsumexp(hidden: torch.Tensor, weight: torch.Tensor, softcap: float 
     splits = triton.cdiv(vocab, split_size)
     part_max = torch.empty(splits, rows, dtype=torch.float32, device=hidden.device)
     part_sum = torch.empty_like(part_max)
-    tma = _has_tma(hidden.device) if TMA is None else TMA
+    tma = (_has_tma(hidden.device) if TMA is None else TMA) and all(map(_tma_aligned, (hidden, weight)))
     operands: tuple[object, object] = (hidden, weight)
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -157,6 +157,11 @@ def linear_nll(
 
 def _has_tma(device: torch.device) -> bool:
     return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _tma_aligned(tensor: torch.Tensor) -> bool:
+    """Whether a descriptor can address `tensor`: its start and its rows' stride on 16-byte boundaries."""
+    return tensor.data_ptr() % 16 == 0 and tensor.stride(0) * tensor.element_size() % 16 == 0
 
 
 def _multiprocessors(device: torch.device) -> int:
