@@ -76,9 +76,8 @@ def check_rule(rule: GateRule, comparison: RunComparison, alpha: float) -> RuleO
         failures.append(f"{metric.candidate:.4g} < min {rule.min:g}")
     if rule.max is not None and metric.candidate > rule.max:
         failures.append(f"{metric.candidate:.4g} > max {rule.max:g}")
-    if rule.max_judge_error_rate is not None:
-        total = metric.n + (metric.candidate_errors or 0)
-        rate = (metric.candidate_errors or 0) / total if total else 1.0
+    if rule.max_judge_error_rate is not None:  # of the candidate's samples (metric.n counts those both runs scored)
+        rate = (metric.candidate_errors or 0) / task.n_shared if task and task.n_shared else 1.0
         if rate > rule.max_judge_error_rate:
             failures.append(f"judge error rate {rate:.2f} > {rule.max_judge_error_rate:g}")
     summary = f"{metric.baseline:.4g} -> {metric.candidate:.4g} (delta {metric.delta:+.4g})"

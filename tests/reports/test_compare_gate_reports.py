@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.compare import compare_runs, mcnemar_p
+from harness.compare import MetricComparison, RunComparison, TaskComparison, compare_runs, mcnemar_p
 from harness.errors import HarnessError
+from harness.gate import GateRule, check_rule
 from harness.record import RunResult
 from reports.markdown import LIMIT, render_markdown
 
@@ -98,6 +99,21 @@ def test_gate_fails_on_the_planted_regression_and_passes_without_it(real_runs: d
     failed = [case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None]
     assert "chrf" in failed
     assert "Gate: ❌ failed" in (tmp_path / "planted" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("candidate_errors", "passed"), [(5, True), (6, True), (7, False)])
+def test_judge_error_rate_counts_the_candidates_samples(candidate_errors: int, passed: bool) -> None:
+    """The judge's error rate is the candidate's unparsed verdicts over its samples, wherever the baseline's failed:
+    the demo's 12 samples with 6 baseline and 5 candidate failures, 4 scored in both, are 5/12, not 5/(4 + 5)."""
+    judged = MetricComparison(
+        task="t", metric="general.relevance", higher_is_better=True, baseline=1.0, candidate=1.0, delta=0.0,
+        test="paired permutation", n=4, baseline_errors=6, candidate_errors=candidate_errors,
+    )  # fmt: skip
+    task = TaskComparison(task="t", n_shared=12, metrics=[judged])
+    runs = RunComparison(baseline="a", candidate="b", baseline_label="a", candidate_label="b", tasks={"t": task})
+    outcome = check_rule(GateRule(task="t", metric="general.relevance", max_judge_error_rate=0.5), runs, 0.05)
+    assert outcome.passed is passed
+    assert passed or outcome.message == f"judge error rate {candidate_errors / 12:.2f} > 0.5"
 
 
 def test_bad_gate_rules_name_file_line_and_field(real_runs: dict[str, Path], tmp_path: Path) -> None:
