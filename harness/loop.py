@@ -96,11 +96,8 @@ def judge_endpoint(options: LoopOptions) -> Iterator[Any]:
     elif options.judge == "local":
         from judges.local_server import local_judge
 
-        # One request at a time: the server decodes one at a time anyway (BENCHMARKS.md: concurrency 8 is no
-        # faster), and requests queued behind others on 2 cores ran past the client's timeout; the SDK's retries
-        # then queued again behind the abandoned requests, which the server still decodes.
         with local_judge(options.workdir / "judge-server.log") as server:
-            yield JudgeEndpoint(model=server.model, base_url=server.base_url, identity=server.identity, concurrency=1)
+            yield server.endpoint()
     else:
         if not options.judge_model:
             raise HarnessError("a judge URL needs --judge-model", field="--judge-model")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.fingerprint import hash_file
+from judges.client import JudgeEndpoint
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 
@@ -28,6 +29,12 @@ class LocalJudge:
     model: str
     pid: int
     identity: str  # stable across runs (the port is not), for the judge cache
+
+    def endpoint(self) -> JudgeEndpoint:
+        """One request at a time: the server decodes one at a time anyway (BENCHMARKS.md: concurrency 8 is no
+        faster), and requests queued behind others on 2 cores ran past the client's timeout; the SDK's retries then
+        queued again behind the abandoned requests, which the server still decodes."""
+        return JudgeEndpoint(model=self.model, base_url=self.base_url, identity=self.identity, concurrency=1)
 
 
 def smollm2_path() -> Path:
