@@ -77,7 +77,7 @@ def compare(model: str, dim: int, vocab: int, softcap: float | None, rows: int, 
             report(f"kernel {config}", ms)
             print(f"{'':>48}  max |lse - fp64| = {error:.2e}", flush=True)
         except Exception as failure:  # a tile that does not fit in shared memory fails to launch
-            print(f"{model:>17} kernel {config}: {repr(failure)[:200]}", flush=True)
+            print(f"{label:>24} kernel {config}: {repr(failure)[:200]}", flush=True)
 
 
 def compare_lse(model: str, vocab: int, rows: int, configs: list[str], softcap: float | None) -> None:
@@ -119,14 +119,12 @@ def main() -> None:
     from harness import head_kernel
 
     head_kernel.TMA = False if args.pointer_loads else None
-    if args.lse:
-        for model, (_, vocab, _) in SHAPES.items():
-            for softcap in (None, 30.0) if model == "gemma-2-2b-shape" else (None,):
-                compare_lse(model, vocab, 256, args.lse.split(","), softcap)
-        return
     for model, (dim, vocab, softcap) in SHAPES.items():
         for cap in (None, softcap) if softcap else (None,):
-            compare(model, dim, vocab, cap, args.rows, args.configs.split(","))
+            if args.lse:
+                compare_lse(model, vocab, 256, args.lse.split(","), cap)
+            else:
+                compare(model, dim, vocab, cap, args.rows, args.configs.split(","))
 
 
 if __name__ == "__main__":
