@@ -7,7 +7,7 @@ chunked path (matmul + compiled log-sum-exp per chunk). Random bf16 inputs of th
 `--lse SLICExBLOCKwWARPS,...` times training's log-sum-exp of given logits instead, under CUDA graphs as in
 training (harness.head_kernel's logits_nll_and_lse against the compiled two-stage reduction it replaces, and the
 logits' gradient kernel, which reads and writes the logits once, as a yardstick of the memory's speed) on one
-256-row chunk of bf16 logits.
+256-row chunk of bf16 logits; soft-capped, also the one pass that replaces both in training.
 """
 
 from __future__ import annotations
@@ -99,6 +99,10 @@ def compare_lse(model: str, vocab: int, rows: int, configs: list[str], softcap: 
     lse = reference.float()
     dlogits = headloss._compiled(headloss._dlogits)
     report("gradient (read+write)", timed_ms(lambda: dlogits(logits, lse, targets, softcap), graph=True), passes=2)
+    if softcap:  # what replaces both in training: the soft-capped head's one pass, which overwrites its input
+        scratch = logits.clone()
+        one_pass = timed_ms(lambda: head_kernel.capped_nll_and_grad_terms(scratch, targets, softcap), graph=True)
+        report("one pass (read+write)", one_pass, passes=2)
     for config in configs:
         head_kernel.LSE_SLICE, head_kernel.LSE_BLOCK, head_kernel.LSE_WARPS = map(int, re.findall(r"\d+", config))
         try:

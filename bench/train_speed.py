@@ -14,6 +14,7 @@ from model load to the last step. Contenders:
   ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (harness.headloss.LOGIT_CHUNK_BYTES)
   ...-lseN            ... the head's log-sum-exp in N slices of the vocabulary (harness.headloss.LSE_SLICES)
   ...-inductorlse     ... that log-sum-exp compiled by inductor, not harness.head_kernel's (headloss.LSE_KERNEL)
+  ...-twopass         ... a soft-capped head's log-sum-exp pass, then its gradient's (headloss.CAPPED_ONE_PASS off)
   ...-accumN          ... the step's sequences in N micro-batches (gradient accumulation; the same step)
   ...-sdpa, -eager, -flex, -cudnn   ... with that attention instead of `--attention`
   ...-mlpN            ... each MLP run on N slices of the micro-batch's rows (`mlp_chunks`)
@@ -79,6 +80,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
     headloss.LOGIT_CHUNK_BYTES = option("chunk", headloss.LOGIT_CHUNK_BYTES // 2**20) * 2**20
     headloss.LSE_SLICES = option("lse", headloss.LSE_SLICES)
     headloss.LSE_KERNEL = "-inductorlse" not in contender
+    headloss.CAPPED_ONE_PASS = "-twopass" not in contender
     lora_addmm.WIDEN = "-nowiden" not in contender
     if "-nogroup" in contender:
         lora_addmm.SIBLINGS = ()

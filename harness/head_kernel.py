@@ -263,3 +263,102 @@ def logits_nll_and_lse(
         SLICES=triton.next_power_of_2(slices), BLOCK_ROWS=block_rows,
     )  # fmt: skip
     return nll, lse
+
+
+# A soft-capped logit exceeds -softcap, so exp(capped - softcap) >= exp(-2 softcap): a normal float32 up to here.
+MAX_EXP_SHIFT_CAP = 43.0
+
+
+@triton.jit
+def _capped_exp_slice(
+    logits,
+    targets,
+    part_sum,
+    target_logit,
+    rows,
+    vocab,
+    row_stride,
+    slice_size,
+    softcap,
+    BLOCK: tl.constexpr,
+):
+    """One row's slice of soft-capped logits, in place: each logit replaced by exp(capped - softcap) times the
+    soft-cap's derivative (the target's by 0), those exps summed (the target's left out), and the target's raw
+    logit stored by the slice that holds it. With r = 1 / (exp(2 x / softcap) + 1): capped - softcap = -2 softcap
+    r and 1 - tanh^2 = 4 r (1 - r)."""
+    row, part = tl.program_id(0), tl.program_id(1)
+    target = tl.load(targets + row)
+    first = part * slice_size
+    end = tl.minimum(first + slice_size, vocab)
+    start_of_row = logits + row.to(tl.int64) * row_stride
+    total = tl.zeros([BLOCK], tl.float32)
+    for start in range(first, end, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        inside = offs < end
+        raw = tl.load(start_of_row + offs, mask=inside, other=0.0)
+        x = raw.to(tl.float32)
+        r = tl.fdiv(1.0, tl.exp2(x * (2.0 * LOG2E / softcap)) + 1.0, ieee_rounding=False)
+        shifted = tl.where(inside & (offs != target), tl.exp2(r * (-2.0 * LOG2E * softcap)), 0.0)
+        total += shifted
+        tl.store(start_of_row + offs, (shifted * (4.0 * r * (1.0 - r))).to(raw.dtype), mask=inside)
+        tl.store(target_logit + row + offs * 0, x, mask=inside & (offs == target))
+    tl.store(part_sum + part * rows + row, tl.sum(total, 0))
+
+
+@triton.jit
+def _capped_rows(
+    part_sum,
+    target_logit,
+    nll,
+    inverse_sum,
+    target_coef,
+    rows,
+    slices,
+    softcap,
+    SLICES: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+):
+    """Rows' sums from their slices', the target's exp added: the NLL, 1 / sum, and the target logit's gradient
+    -(others' sum / sum) * (1 - tanh^2), without the cancellation of p - 1 when p is near 1."""
+    offs_r = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    offs_s = tl.arange(0, SLICES)
+    in_rows = offs_r < rows
+    mask = (offs_s[:, None] < slices) & in_rows[None, :]
+    others = tl.sum(tl.load(part_sum + offs_s[:, None] * rows + offs_r[None, :], mask=mask, other=0.0), 0)
+    less_cap = _capped_less_cap(tl.load(target_logit + offs_r, mask=in_rows, other=0.0), softcap)
+    total = others + tl.exp2(less_cap * LOG2E)
+    tanh = 1.0 + less_cap / softcap
+    tl.store(nll + offs_r, tl.log(total) - less_cap, mask=in_rows)
+    tl.store(inverse_sum + offs_r, 1.0 / total, mask=in_rows)
+    tl.store(target_coef + offs_r, -(others / total) * (1.0 - tanh * tanh), mask=in_rows)
+
+
+def capped_nll_and_grad_terms(
+    logits: torch.Tensor, targets: torch.Tensor, softcap: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training's soft-capped head in one pass over a chunk's logits [rows, vocab] (rows contiguous), no log-sum-exp
+    first: since softcap bounds the capped logits, exp(capped - softcap) needs no row maximum, and the softmax's
+    normalisation (a row scalar) can wait until after the gradient's matmul. The logits are overwritten with
+    E = exp(capped - softcap) * (1 - tanh^2), the target's column 0. Returns the rows' NLL, 1 / sum of exps and the
+    target column's coefficient c (fp32), so that the gradient with respect to hidden states h (logits = h W^T) is
+    (E W) / sum + c W[target]."""
+    (rows, vocab), slice_size = logits.shape, LSE_SLICE
+    assert logits.stride(1) == 1, "the kernel reads each row as one run of memory"
+    assert softcap <= MAX_EXP_SHIFT_CAP, f"exp(-2 * {softcap}) underflows float32"
+    nll, inverse_sum, target_coef, target_logit = (
+        torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(4)
+    )
+    if rows == 0:
+        return nll, inverse_sum, target_coef
+    slices = triton.cdiv(vocab, slice_size)
+    part_sum = torch.empty(slices, rows, dtype=torch.float32, device=logits.device)
+    _capped_exp_slice[(rows, slices)](
+        logits, targets, part_sum, target_logit, rows, vocab, logits.stride(0), slice_size, float(softcap),
+        BLOCK=min(LSE_BLOCK, triton.next_power_of_2(slice_size)), num_warps=LSE_WARPS,
+    )  # fmt: skip
+    block_rows = 64
+    _capped_rows[(triton.cdiv(rows, block_rows),)](
+        part_sum, target_logit, nll, inverse_sum, target_coef, rows, slices, float(softcap),
+        SLICES=triton.next_power_of_2(slices), BLOCK_ROWS=block_rows,
+    )  # fmt: skip
+    return nll, inverse_sum, target_coef

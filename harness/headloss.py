@@ -24,6 +24,7 @@ LOGIT_CHUNK_BYTES = 256 * 2**20
 LSE_SLICES = 64
 FUSED_KERNEL = True  # scoring on a GPU through harness.head_kernel; False keeps the chunked path (for comparisons)
 LSE_KERNEL = True  # training's head on a GPU: the log-sum-exp through harness.head_kernel; False: compiled here
+CAPPED_ONE_PASS = True  # a soft-capped training head on a GPU: one pass over each chunk's logits (_FusedHeadNLL)
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -181,7 +182,11 @@ def _vocab_size(head: torch.nn.Module) -> int:
 
 
 class _FusedHeadNLL(torch.autograd.Function):
-    """Summed NLL whose gradient with respect to the hidden states is computed chunk by chunk in forward."""
+    """Summed NLL whose gradient with respect to the hidden states is computed chunk by chunk in forward.
+
+    Soft-capped on a GPU (Gemma 2), each chunk's logits are read once (harness.head_kernel.capped_nll_and_grad_terms)
+    and the softmax's row normalisation and the target's term are applied in backward, once over all rows; otherwise
+    each chunk takes a log-sum-exp pass and then a gradient pass."""
 
     @staticmethod
     def forward(
@@ -193,23 +198,59 @@ class _FusedHeadNLL(torch.autograd.Function):
         row_weights: torch.Tensor | None,
     ) -> torch.Tensor:
         rows = chunk_rows(weight.shape[0])
+        one_pass = _one_pass(hidden, softcap)
         nll_and_lse = _nll_and_lse_kernel if LSE_KERNEL and _triton_on(hidden) else _kernel(_nll_and_lse, hidden)
         dlogits_of = _kernel(_dlogits, hidden)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        terms: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)]
         for start in range(0, hidden.shape[0], rows):
             window = slice(start, start + rows)
             chunk = hidden[window]
             logits = chunk @ weight.T
-            nll, lse = nll_and_lse(logits, targets[window], softcap)
+            if one_pass:
+                assert softcap is not None
+                nll, inverse_sum, target_coef = _capped_one_pass(logits, targets[window], softcap)
+                terms.append((inverse_sum, target_coef))
+                grad_of_logits = logits  # overwritten by the kernel
+            else:
+                nll, lse = nll_and_lse(logits, targets[window], softcap)
+                grad_of_logits = dlogits_of(logits, lse, targets[window], softcap)
             total += _weighted_sum(nll, row_weights, window)
-            torch.matmul(dlogits_of(logits, lse, targets[window], softcap), weight, out=grad_hidden[window])
-        ctx.save_for_backward(grad_hidden, row_weights)
+            torch.matmul(grad_of_logits, weight, out=grad_hidden[window])
+        ctx.one_pass = one_pass
+        if one_pass:
+            inverse_sums, target_coefs = (torch.cat(parts) for parts in zip(*terms, strict=True))  # rows' order
+            ctx.save_for_backward(grad_hidden, row_weights, inverse_sums, target_coefs, targets, weight)
+        else:
+            ctx.save_for_backward(grad_hidden, row_weights)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[Any, ...]:
-        grad_hidden, row_weights = ctx.saved_tensors
+        grad_hidden, row_weights, *terms = ctx.saved_tensors
         # The rows' weights, applied here rather than per chunk.
-        scale = grad_total if row_weights is None else row_weights[:, None] * grad_total
-        return (grad_hidden.float() * scale).to(grad_hidden.dtype), None, None, None, None
+        scale = grad_total if row_weights is None else row_weights * grad_total
+        if not ctx.one_pass:
+            grad = grad_hidden.float() * (scale if scale.dim() == 0 else scale[:, None])
+            return grad.to(grad_hidden.dtype), None, None, None, None
+        inverse_sums, target_coefs, targets, weight = terms
+        grad = grad_hidden.float() * (inverse_sums * scale)[:, None]
+        grad.addcmul_(weight[targets], (target_coefs * scale)[:, None])
+        return grad.to(grad_hidden.dtype), None, None, None, None
+
+
+def _capped_one_pass(logits: torch.Tensor, targets: torch.Tensor, softcap: float) -> tuple[torch.Tensor, ...]:
+    from harness.head_kernel import capped_nll_and_grad_terms
+
+    return capped_nll_and_grad_terms(logits, targets, softcap)
+
+
+def _one_pass(hidden: torch.Tensor, softcap: float | None) -> bool:
+    """Whether training's head takes harness.head_kernel's one pass over each chunk of soft-capped logits."""
+    if not (CAPPED_ONE_PASS and softcap and _triton_on(hidden)):
+        return False
+    from harness.head_kernel import MAX_EXP_SHIFT_CAP
+
+    return softcap <= MAX_EXP_SHIFT_CAP

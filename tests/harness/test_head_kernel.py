@@ -57,6 +57,37 @@ empty = head_kernel.logits_nll_and_lse(torch.zeros(0, 9), torch.zeros(0, dtype=t
 assert [part.shape for part in empty] == [(0,), (0,)]
 """
 
+CAPPED_CASES = """
+import torch
+from harness import head_kernel, headloss
+
+headloss._triton_on = lambda tensor: True  # the interpreter runs the kernels on CPU tensors
+head_kernel.LSE_SLICE, head_kernel.LSE_BLOCK = 300, 128  # several slices and loads per row, the last ones partial
+headloss.LOGIT_CHUNK_BYTES = 4 * 701 * 7  # chunks of 7 rows, the last one ragged
+generator = torch.Generator().manual_seed(0)
+# a cap of 30 (Gemma 2's), one of 3 that saturates most logits, and a cap past which the kernel is not used
+for rows, dim, vocab, softcap, weighted in [(23, 16, 701, 30.0, False), (9, 8, 700, 3.0, True), (5, 8, 400, 50.0, 0)]:
+    hidden = (torch.randn(rows, dim, generator=generator) * 2).requires_grad_()
+    head = torch.nn.Linear(dim, vocab, bias=False).requires_grad_(False)
+    head.weight.copy_(torch.randn(vocab, dim, generator=generator))
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    targets[:4] = torch.tensor([0, 299, 300, vocab - 1])  # at the slices' and the vocabulary's edges
+    weights = (torch.rand(rows, generator=generator) > 0.3).float() if weighted else None
+    hidden64 = hidden.detach().double().requires_grad_()
+    capped = torch.tanh(hidden64 @ head.weight.double().T / softcap) * softcap
+    want = torch.nn.functional.cross_entropy(capped, targets, reduction="none")
+    want = want.sum() if weights is None else (want * weights).sum()
+    (want * 0.5).backward()
+    for one_pass in (True, False):  # the one pass, and the log-sum-exp pass then the gradient's
+        headloss.CAPPED_ONE_PASS = one_pass
+        hidden.grad = None
+        loss = headloss.summed_nll(hidden, targets, head, softcap, weights)
+        (loss * 0.5).backward()
+        loss_error = float((loss.detach().double() - want).abs()) / float(want)
+        errors = loss_error, float((hidden.grad - hidden64.grad).abs().max())
+        print(rows, vocab, softcap, one_pass, max(errors), float(hidden64.grad.abs().max()))
+"""
+
 INTERPRETER_SKIP = pytest.mark.skipif(
     torch.cuda.is_available(),
     reason="a GPU runs the compiled kernels; the interpreter of the Triton that CUDA torch 2.11 ships (3.6) "
@@ -81,6 +112,13 @@ def _assert_interpreted_cases_agree(cases: str, count: int) -> None:
 def test_logits_nll_and_lse_match_float64_in_the_interpreter() -> None:
     """Training's log-sum-exp of given logits, and the NLL beside it (the path the fused head loss takes on a GPU)."""
     _assert_interpreted_cases_agree(LSE_CASES, 4)
+
+
+@INTERPRETER_SKIP
+def test_capped_one_pass_matches_float64_in_the_interpreter() -> None:
+    """Training's soft-capped head in one pass over the logits (E W / sum + the target's term, in backward) and in
+    two (log-sum-exp, then softmax - one-hot): loss (relative) and hidden states' gradient against float64."""
+    _assert_interpreted_cases_agree(CAPPED_CASES, 6)
 
 
 @INTERPRETER_SKIP
@@ -130,3 +168,32 @@ def test_bf16_logits_nll_and_lse_at_gemma_vocabulary(vocab: int, softcap: float 
     assert (lse.double() - torch.logsumexp(capped, dim=-1)).abs().max() < 1e-5 * capped.abs().max()
     compiled_nll, compiled_lse = headloss._compiled(headloss._nll_and_lse)(logits, targets, softcap)
     assert (lse - compiled_lse).abs().max() < 1e-4 and (nll - compiled_nll).abs().max() < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_capped_one_pass_at_gemma_2_vocabulary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training's soft-capped head in bf16 at Gemma 2's vocabulary (3 chunks): the one pass's loss and gradient
+    against float64, and no further from it than the two passes' (log-sum-exp, then softmax - one-hot)."""
+    from harness import headloss
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    hidden = torch.randn(600, 256, generator=generator, device="cuda").bfloat16().requires_grad_()
+    head = torch.nn.Linear(256, 256_000, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    head.weight.copy_(torch.randn(256_000, 256, generator=generator, device="cuda") * 0.5)  # logits' spread ~8
+    targets = torch.randint(0, 256_000, (600,), generator=generator, device="cuda")
+    hidden64 = hidden.detach().double().requires_grad_()
+    capped = torch.tanh(hidden64 @ head.weight.double().T / 30.0) * 30.0
+    want = torch.nn.functional.cross_entropy(capped, targets, reduction="sum")
+    want.backward()
+    errors = {}
+    for one_pass in (True, False):
+        monkeypatch.setattr(headloss, "CAPPED_ONE_PASS", one_pass)
+        hidden.grad = None
+        loss = headloss.summed_nll(hidden, targets, head, 30.0)
+        loss.backward()
+        assert hidden.grad is not None
+        assert abs(float(loss) - float(want)) < 1e-3 * float(want)
+        errors[one_pass] = float((hidden.grad.double() - hidden64.grad).abs().max())
+    assert errors[True] < 1e-2 * float(hidden64.grad.abs().max())
+    assert errors[True] <= 1.5 * errors[False], errors
