@@ -12,14 +12,16 @@ Where the base layer is a plain or an NF4 linear layer without bias, the whole L
 `lora_linear`, opaque to the compiler, and its backward as another: `torch.addmm(base_output, ...)` compiled writes
 a new tensor, so inductor copied every base output before the matmul added to it (one device-to-device copy per
 projection, forward and recompute: 2.1 ms of a 59 ms step for the 270M, 11 ms of 319 for the 2B shape on an H200,
-run 62's profiles). The LoRA product joins the base matmul as r more columns, `[x | inner] @ [W | lora_b]^T`, and
-in the backward one matmul, `grad @ [W | lora_b]`, gives the gradients of both x and inner. The traced code builds
-`[x | inner]` (`widen`): compiled, the kernel that computes x (an RMSNorm, the MLP's GELU product) writes it
-straight into that buffer and the rank-side matmul writes inner beside it, where the operator's own copy of x took
-a kernel of its own per projection (234 copies, 4.1 ms of a 2B-shape step, run 89). NF4 weights are dequantized
-straight into `[W | lora_b]` on a GPU (adapters/nf4.py). In the backward, x's two gradients are never two
-[tokens x in] tensors and their sum (0.24 GiB less at the 2B shape's peak, run 75). The projections of one input
-(`SIBLINGS`) run as one operator. With LoRA dropout, lora_a reads dropout's copy of x.
+run 62's profiles); the operator adds in place into the output it has just computed. The weight comes laid out
+for the cheaper of two widenings (`layout`): where a projection widens its input (Gemma's gate and up), the LoRA
+product joins the base matmul as r more columns, `[x | inner] @ [W | lora_b]^T` (a copy of [tokens x (in + r)]
+instead of a second pass over [tokens x out]; in the backward one matmul gives the gradients of both x and inner);
+where it narrows (down, q, k, v), x's gradient is one matmul, `[grad | grad @ lora_b] @ [W ; lora_a]`, instead of
+a second pass over [tokens x in]. NF4 weights are dequantized straight into that wider matrix on a GPU
+(adapters/nf4.py). The rank side `inner = x @ (lora_a * scale)^T` is computed inside the operator too, and in the
+backward x's two gradients are never two [tokens x in] tensors and their sum (0.24 GiB less at the 2B shape's
+peak, run 75). The projections of one input (`SIBLINGS`) run as one operator. With LoRA dropout, lora_a reads
+dropout's copy of x.
 """
 
 from __future__ import annotations
@@ -29,84 +31,114 @@ from typing import Any
 
 import torch
 
-WIDEN = True  # False: the product added into the base output by a second matmul (bench/train_speed.py -nowiden)
+WIDEN = True  # False: every product added into the output (bench/train_speed.py -nowiden compares)
 
 
-def widen(x: torch.Tensor, lora_a: torch.Tensor, dropped: torch.Tensor | None = None) -> torch.Tensor:
-    """`[x | inner]` for `lora_linear`, inner = `(dropped or x) @ lora_a^T` of detached operands: the operator's
-    backward gives x's (or dropped's) and lora_a's gradients through inner itself."""
-    inner = torch.mm((x if dropped is None else dropped).detach(), lora_a.detach().t())
-    return torch.cat([x, inner], dim=1)
+def layout(out: int, width: int, rank: int) -> str:
+    """How a projection [width -> out] takes its LoRA product. `input`: as r more input columns,
+    `[x | inner] @ [W | B]^T`, where copying the inputs (tokens x (width + r)) moves less than reading and writing
+    the output again (tokens x out); in the backward that one weight gives x's and inner's gradients at once.
+    `gradient`: added into the output, and in the backward x's gradient is one matmul over
+    `[grad | grad @ B] @ [W ; A]`, where copying the output's gradient moves less than reading and writing x's
+    gradient again. `plain`: both products added."""
+    if WIDEN and out > width + rank:
+        return "input"
+    if WIDEN and width > out + rank:
+        return "gradient"
+    return "plain"
+
+
+def _layout_of(x: torch.Tensor, weight: torch.Tensor, lora_b: torch.Tensor) -> str:
+    out, rank = lora_b.shape
+    if weight.shape == (out, x.shape[1] + rank):
+        return "input"
+    return "gradient" if weight.shape == (out + rank, x.shape[1]) else "plain"
 
 
 @torch.library.custom_op("adapters::lora_linear", mutates_args=())
 def lora_linear(
-    wide: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
-) -> torch.Tensor:
-    """`x @ W^T + inner @ lora_b^T` for `wide` = `widen(x, lora_a, dropped)` [tokens x (in + r)]: x 2-D, lora_a
-    already scaled, `dropped` LoRA dropout's copy of x (None without dropout). `weight` is `[W | lora_b]` (one
-    matmul; `laid_out`) or W alone (`WIDEN` off); its gradient comes through lora_b. lora_a and dropped are for the
-    backward."""
-    if weight.shape[1] == wide.shape[1]:
-        return torch.mm(wide, weight.t())
-    width = weight.shape[1]
-    return torch.mm(wide[:, :width], weight.t()).addmm_(wide[:, width:], lora_b.t())
+    x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x @ W^T + inner @ lora_b^T` with `inner = a @ lora_a^T` (a: `dropped`, LoRA dropout's copy of x, where
+    given, else x itself), for 2-D x [tokens x in] and lora_a already scaled; returns the sum and `inner` (which the
+    backward reads). `weight` is W [out x in] or, laid out as `layout` says, `[W | lora_b]` or `[W ; lora_a]`
+    (the caller's copies of the same values; their gradients come through lora_a and lora_b)."""
+    inner = torch.mm(x if dropped is None else dropped, lora_a.t())
+    kind = _layout_of(x, weight, lora_b)
+    if kind == "input":
+        return torch.mm(torch.cat([x, inner], dim=1), weight.t()), inner
+    dense = weight[: lora_b.shape[0]] if kind == "gradient" else weight
+    return torch.mm(x, dense.t()).addmm_(inner, lora_b.t()), inner
 
 
 @lora_linear.register_fake
 def _(
-    wide: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
-) -> torch.Tensor:
-    return wide.new_empty((wide.shape[0], lora_b.shape[0]))
+    x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty((x.shape[0], lora_b.shape[0])), x.new_empty((x.shape[0], lora_a.shape[0]))
 
 
 @torch.library.custom_op("adapters::lora_linear_backward", mutates_args=())
 def lora_linear_backward(
     grad: torch.Tensor,
-    wide: torch.Tensor,
+    x: torch.Tensor,
     weight: torch.Tensor,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     dropped: torch.Tensor | None,
+    inner: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients of wide, lora_a, lora_b and dropped (empty without dropout) from the sum's. wide's x columns
-    take x's whole gradient, through inner too (added in place into the one matmul's output, never two
-    [tokens x in] tensors and their sum); its inner columns hold inner's, which reaches nothing (`widen`)."""
-    width = lora_a.shape[1]
-    if weight.shape[1] == wide.shape[1]:
+    """The gradients of x, lora_a, lora_b and dropped (empty without dropout) from the sum's. x's two parts are
+    one matmul, and one accumulation into it where the layout does not make them one matmul: never two
+    [tokens x in] tensors and their sum."""
+    kind = _layout_of(x, weight, lora_b)
+    out, width = lora_b.shape[0], x.shape[1]
+    if kind == "input":
         both = grad @ weight
+        grad_x, grad_inner = both[:, :width], both[:, width:].contiguous()
+    elif kind == "gradient":
+        grad_inner = grad @ lora_b
+        grad_x = grad @ weight[:out] if dropped is not None else torch.cat([grad, grad_inner], dim=1) @ weight
     else:
-        both = torch.cat([grad @ weight, grad @ lora_b], dim=1)
-    grad_inner = both[:, width:].contiguous()
-    grad_a = grad_inner.t() @ (wide[:, :width] if dropped is None else dropped)
-    grad_b = grad.t() @ wide[:, width:]
+        grad_x, grad_inner = grad @ weight, grad @ lora_b
+    grad_a = grad_inner.t() @ (x if dropped is None else dropped)
+    grad_b = grad.t() @ inner
     if dropped is not None:
-        return both, grad_a, grad_b, grad_inner @ lora_a
-    both[:, :width].addmm_(grad_inner, lora_a)
-    return both, grad_a, grad_b, wide.new_empty(0)
+        return grad_x, grad_a, grad_b, grad_inner @ lora_a
+    if kind != "gradient":
+        grad_x = grad_x.addmm_(grad_inner, lora_a)
+    return grad_x, grad_a, grad_b, x.new_empty(0)
 
 
 @lora_linear_backward.register_fake
 def _(
     grad: torch.Tensor,
-    wide: torch.Tensor,
+    x: torch.Tensor,
     weight: torch.Tensor,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     dropped: torch.Tensor | None,
+    inner: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dropped_grad = wide.new_empty(0) if dropped is None else torch.empty_like(dropped)
-    return torch.empty_like(wide), torch.empty_like(lora_a), torch.empty_like(lora_b), dropped_grad
+    tokens, width = x.shape
+    if _layout_of(x, weight, lora_b) == "input":
+        grad_x = x.new_empty((tokens, width + lora_b.shape[1]))[:, :width]
+    else:
+        grad_x = x.new_empty(x.shape)
+    dropped_grad = x.new_empty(0) if dropped is None else torch.empty_like(dropped)
+    return grad_x, torch.empty_like(lora_a), torch.empty_like(lora_b), dropped_grad
 
 
-def _setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(*inputs)
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    ctx.save_for_backward(*inputs, output[1])
 
 
-def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    wide, weight, lora_a, lora_b, dropped = ctx.saved_tensors
-    grad_wide, grad_a, grad_b, grad_dropped = lora_linear_backward(grad, wide, weight, lora_a, lora_b, dropped)
-    return grad_wide, None, grad_a, grad_b, None if dropped is None else grad_dropped
+def _backward(ctx: Any, grad: torch.Tensor, grad_inner: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """inner is lora_linear's by-product for its own backward: nothing downstream reads it, so no gradient
+    arrives for it (grad_inner)."""
+    x, weight, lora_a, lora_b, dropped, inner = ctx.saved_tensors
+    grad_x, grad_a, grad_b, grad_dropped = lora_linear_backward(grad, x, weight, lora_a, lora_b, dropped, inner)
+    return grad_x, None, grad_a, grad_b, None if dropped is None else grad_dropped
 
 
 lora_linear.register_autograd(_backward, setup_context=_setup)
@@ -158,21 +190,22 @@ def _dense_base(base: Any, dtype: torch.dtype) -> bool:
     return type(base).__name__ == "Linear4bit" and quant_state is not None and base.compute_dtype in (None, dtype)
 
 
-def _weight(bases: list[Any], dtype: torch.dtype, lora_b: torch.Tensor) -> torch.Tensor:
+def _weight(bases: list[Any], dtype: torch.dtype, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
     """The base layers' weights stacked as one dense matrix in `dtype` and laid out for `lora_linear` with the
-    (block-diagonal) LoRA B (`laid_out`). NF4 weights on a GPU are dequantized straight into it (adapters/nf4.py)."""
+    (stacked) LoRA matrices (`laid_out`). NF4 weights on a GPU are dequantized straight into it (adapters/nf4.py)."""
     if type(bases[0]) is torch.nn.Linear:
-        return laid_out(_stacked([base.weight.to(dtype) for base in bases]), lora_b)
+        return laid_out(_stacked([base.weight.to(dtype) for base in bases]), lora_a, lora_b)
     from adapters import nf4
 
+    right, below = margins(lora_a, lora_b)
     packed, states = [base.weight.data for base in bases], [base.weight.quant_state for base in bases]
-    widened = nf4.dequantize(packed, states, dtype, margins(lora_b))
+    widened = nf4.dequantize(packed, states, dtype, right, below)
     if widened is not None:
         return widened
     from bitsandbytes.functional import dequantize_4bit
 
     weights = [dequantize_4bit(weight, state).to(dtype) for weight, state in zip(packed, states, strict=True)]
-    return laid_out(_stacked(weights), lora_b)
+    return laid_out(_stacked(weights), lora_a, lora_b)
 
 
 def _stacked(tensors: list[torch.Tensor], diagonal: bool = False) -> torch.Tensor:
@@ -181,16 +214,19 @@ def _stacked(tensors: list[torch.Tensor], diagonal: bool = False) -> torch.Tenso
     return torch.block_diag(*tensors) if diagonal else torch.cat(tensors)
 
 
-def margins(lora_b: torch.Tensor) -> torch.Tensor | None:
-    """What `laid_out` puts beside W (lora_b, as more columns), detached; None with `WIDEN` off."""
-    return lora_b.detach() if WIDEN else None
+def margins(lora_a: torch.Tensor, lora_b: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """What `layout` puts beside W (lora_b, as more columns) or under it (lora_a, as more rows), detached."""
+    kind = layout(lora_b.shape[0], lora_a.shape[1], lora_a.shape[0])
+    return (lora_b.detach() if kind == "input" else None), (lora_a.detach() if kind == "gradient" else None)
 
 
-def laid_out(weight: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
-    """W [out x in] as `lora_linear` takes it: `[W | lora_b]`, or W alone with `WIDEN` off (lora_b's values copied
-    in)."""
-    right = margins(lora_b)
-    return weight if right is None else torch.cat([weight, right], dim=1)
+def laid_out(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+    """W [out x in] as `lora_linear` takes it: `[W | lora_b]`, `[W ; lora_a]` or W alone, as `layout` says (the
+    LoRA matrices' values copied in)."""
+    right, below = margins(lora_a, lora_b)
+    if right is not None:
+        return torch.cat([weight, right], dim=1)
+    return weight if below is None else torch.cat([weight, below])
 
 
 def _fused(members: tuple[Any, ...], x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor] | None:
@@ -211,8 +247,7 @@ def _fused(members: tuple[Any, ...], x: torch.Tensor, dtype: torch.dtype) -> lis
     flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
     dropped = dropout(flat_x) if dropping[0] else None
     lora_a, lora_b = _stacked([o[1] for o in operands]), _stacked([o[2] for o in operands], diagonal=True)
-    weight = _weight([o[0] for o in operands], dtype, lora_b)
-    flat = lora_linear(widen(flat_x, lora_a, dropped), weight, lora_a, lora_b, dropped)
+    flat, _ = lora_linear(flat_x, _weight([o[0] for o in operands], dtype, lora_a, lora_b), lora_a, lora_b, dropped)
     parts = flat.split([o[2].shape[0] for o in operands], dim=1) if len(members) > 1 else (flat,)
     return [part.view(*x.shape[:-1], part.shape[-1]) for part in parts]
 

@@ -70,11 +70,12 @@ def nf4_dequantize(
     blocksize2: int,
     dtype: torch.dtype,
     right: torch.Tensor | None,
+    below: torch.Tensor | None,
 ) -> torch.Tensor:
     """The weights (each `rows[i]` x `cols`, `cols` even: a byte's two values in one row) stacked in `dtype`,
-    with `right` beside them (`[W | right]`) where given. Nested
+    with `right` beside them (`[W | right]`) or `below` under them (`[W ; below]`) where given. Nested
     (double-quantized) where absmax2, code2 and offset are given (one per weight)."""
-    out = packed[0].new_empty(_shape(rows, cols, right), dtype=dtype)
+    out = packed[0].new_empty(_shape(rows, cols, right, below), dtype=dtype)
     nested = bool(absmax2)
     group = min(blocksize // 2, PAIRS)  # bytes of one block (where blocks start on rows), of a tile at most
     start = 0
@@ -88,11 +89,13 @@ def nf4_dequantize(
         start += count
     if right is not None:
         out[:, cols:] = right
+    if below is not None:
+        out[start:] = below
     return out
 
 
-def _shape(rows: list[int], cols: int, right: torch.Tensor | None) -> tuple[int, int]:
-    return sum(rows), cols + (0 if right is None else right.shape[1])
+def _shape(rows: list[int], cols: int, right: torch.Tensor | None, below: torch.Tensor | None) -> tuple[int, int]:
+    return sum(rows) + (0 if below is None else below.shape[0]), cols + (0 if right is None else right.shape[1])
 
 
 @nf4_dequantize.register_fake
@@ -109,8 +112,9 @@ def _(
     blocksize2: int,
     dtype: torch.dtype,
     right: torch.Tensor | None,
+    below: torch.Tensor | None,
 ) -> torch.Tensor:
-    return packed[0].new_empty(_shape(rows, cols, right), dtype=dtype)
+    return packed[0].new_empty(_shape(rows, cols, right, below), dtype=dtype)
 
 
 def dequantize(
@@ -118,21 +122,22 @@ def dequantize(
     states: list[Any],
     dtype: torch.dtype,
     right: torch.Tensor | None,
+    below: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """bitsandbytes' NF4 weights (`packed`, their `quant_state`s) of one width, stacked and dequantized into
-    `[W | right]` (W alone where right is None) by the kernel; None where it does not apply (`KERNEL` off, not on a
-    GPU, not NF4, no Triton, quantized unlike one another, an odd number of columns, 2^31 values or more), for the
-    caller to dequantize with bitsandbytes."""
+    `[W | right]` or `[W ; below]` by the kernel; None where it does not apply (`KERNEL` off, not on a GPU, not
+    NF4, no Triton, quantized unlike one another, an odd number of columns, 2^31 values or more), for the caller
+    to dequantize with bitsandbytes."""
     if not KERNEL or not packed[0].is_cuda or not _has_triton():
         return None
     first = states[0]
     kinds = {(s.quant_type, s.blocksize, s.nested and s.state2.blocksize, tuple(s.shape)[1:]) for s in states}
     if len(kinds) > 1 or first.quant_type != "nf4" or len(first.shape) != 2 or first.shape[1] % 2:
         return None
-    rows, cols = _shape([s.shape[0] for s in states], first.shape[1], right)
+    rows, cols = _shape([s.shape[0] for s in states], first.shape[1], right, below)
     if rows * cols >= 2**31:  # the kernel's offsets are int32
         return None
-    return kernel_dequantize(packed, states, dtype, right)
+    return kernel_dequantize(packed, states, dtype, right, below)
 
 
 def kernel_dequantize(
@@ -140,6 +145,7 @@ def kernel_dequantize(
     states: list[Any],
     dtype: torch.dtype,
     right: torch.Tensor | None,
+    below: torch.Tensor | None,
 ) -> torch.Tensor:
     """`dequantize` without its checks: the operator called with the quant states' tensors (on any device that
     runs the kernel, Triton's CPU interpreter included)."""
@@ -148,7 +154,7 @@ def kernel_dequantize(
     return nf4_dequantize(
         packed, [s.absmax for s in states], [s.state2.absmax for s in nested], [s.state2.code for s in nested],
         [s.offset for s in nested], first.code.to(packed[0].device), [s.shape[0] for s in states], first.shape[1],
-        first.blocksize, first.state2.blocksize if first.nested else 1, dtype, right,
+        first.blocksize, first.state2.blocksize if first.nested else 1, dtype, right, below,
     )  # fmt: skip
 
 

@@ -47,12 +47,13 @@ def contenders(out: int, width: int) -> dict[str, Callable[[], Any]]:
 
     weight = torch.randn(out, width, device="cuda", dtype=torch.bfloat16) / width**0.5
     packed, state = quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+    a = torch.randn(RANK, width, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(out, RANK, device="cuda", dtype=torch.bfloat16)
-    right = margins(b)
+    right, below = margins(a, b)
     return {
         "bitsandbytes": lambda: dequantize_4bit(packed, state),
-        "bitsandbytes+copy": lambda: laid_out(dequantize_4bit(packed, state), b),
-        "kernel": lambda: nf4.kernel_dequantize([packed], [state], torch.bfloat16, right),
+        "bitsandbytes+copy": lambda: laid_out(dequantize_4bit(packed, state), a, b),
+        "kernel": lambda: nf4.kernel_dequantize([packed], [state], torch.bfloat16, right, below),
     }
 
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapters import lora_addmm
 from adapters.config import TrainConfig
-from adapters.lora_addmm import laid_out, lora_linear, lora_linear_backward, use_lora_addmm, widen
+from adapters.lora_addmm import laid_out, layout, lora_linear, lora_linear_backward, use_lora_addmm
 from adapters.loss import supervised_nll
 from adapters.packing import collate
 from adapters.tokenize import TokenizedExample
@@ -163,33 +162,29 @@ def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., t
 def _laid_out_sum(
     weight: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dropped: torch.Tensor | None
 ) -> torch.Tensor:
-    return lora_linear(widen(x, a, dropped), laid_out(weight, b), a, b, dropped)
+    return lora_linear(x, laid_out(weight, a, b), a, b, dropped)[0]
 
 
-@pytest.mark.parametrize("widened", [True, False])
-def test_lora_linear_operator_registrations(monkeypatch: pytest.MonkeyPatch, widened: bool) -> None:
+def test_lora_linear_operator_registrations() -> None:
     """The fused operator's and its backward's fake (shape) functions and the autograd formula, as torch.compile
-    sees them (`torch.library.opcheck`), and the value and gradients (gradcheck, through `widen`'s detached
-    product) against the two products summed: the product as more input columns of one matmul, or added by a
-    second (`WIDEN` off); widening and narrowing projections; with LoRA dropout's copy of the input feeding
-    lora_a."""
-    monkeypatch.setattr(lora_addmm, "WIDEN", widened)
+    sees them (`torch.library.opcheck`), and the value against the two products summed, in each layout: widening
+    (inputs side by side), narrowing (the product added into the output, x's gradient one matmul over the
+    output's gradient side by side), neither, and with LoRA dropout's copy of the input feeding lora_a."""
     torch.manual_seed(0)
-    for out, dropout in ((2, False), (8, False), (2, True), (8, True)):
+    kinds = set()
+    for out, dropout in ((2, False), (3, False), (8, False), (2, True), (3, True), (8, True)):
+        kinds.add(layout(out, 5, 2))
         shapes = ((6, 5), (out, 5), (2, 5), (out, 2), (6, 5))
         x, weight, lora_a, lora_b, dropped = (torch.randn(shape, dtype=torch.float64) for shape in shapes)
         for tensor in (x, lora_a, lora_b, dropped):
             tensor.requires_grad_()
-        source = dropped if dropout else None
-        wide = widen(x, lora_a, source)
-        laid = laid_out(weight, lora_b)
-        assert laid.shape == ((out, 7) if widened else (out, 5))
-        inputs = (wide, laid, lora_a, lora_b, source)
+        inputs = (x, laid_out(weight, lora_a, lora_b), lora_a, lora_b, dropped if dropout else None)
         torch.library.opcheck(lora_linear, inputs)
+        result, inner = lora_linear(*inputs)
         expected_inner = (dropped if dropout else x) @ lora_a.T
-        assert torch.allclose(wide[:, 5:], expected_inner)
-        assert torch.allclose(lora_linear(*inputs), x @ weight.T + expected_inner @ lora_b.T)
-        assert torch.autograd.gradcheck(functools.partial(_laid_out_sum, weight), (x, lora_a, lora_b, source))
+        assert torch.allclose(inner, expected_inner) and torch.allclose(result, x @ weight.T + inner @ lora_b.T)
+        assert torch.autograd.gradcheck(functools.partial(_laid_out_sum, weight), (x, lora_a, lora_b, inputs[4]))
         grad = torch.randn(6, out, dtype=torch.float64)
-        saved = [None if t is None else t.detach() for t in inputs]
+        saved = [None if t is None else t.detach() for t in (*inputs, inner)]
         torch.library.opcheck(lora_linear_backward, (grad, *saved))  # no gradient of gradients
+    assert kinds == {"input", "gradient", "plain"}

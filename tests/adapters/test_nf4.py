@@ -33,13 +33,14 @@ def check(device, dtype):
                                ([40], 42, True), ([50, 21, 21], 30, True), ([9, 12], 66, False),
                                ([20], 576, True), ([33], 128, False)]:
         weights = [(torch.randn(n, cols, generator=generator) * 0.1).to(device, dtype) for n in rows]
+        lora_a = torch.randn(4, cols, generator=generator).to(device, dtype)
         lora_b = torch.randn(sum(rows), 4, generator=generator).to(device, dtype)
         quantized = [quantize_4bit(weight, quant_type="nf4", compress_statistics=nested) for weight in weights]
         stacked = torch.cat([dequantize_4bit(packed, state).to(dtype) for packed, state in quantized])
-        right = lora_b if len(rows) != 2 else None  # [W | lora_b], and W alone (LoRA's product added)
-        want = stacked if right is None else laid_out(stacked, lora_b)
-        kind = "input" if right is not None else "plain"
-        got = kernel_dequantize([q[0] for q in quantized], [q[1] for q in quantized], dtype, right)
+        want = laid_out(stacked, lora_a, lora_b)
+        kind = "input" if want.shape[1] > cols else "gradient" if want.shape[0] > sum(rows) else "plain"
+        right, below = (lora_b if kind == "input" else None), (lora_a if kind == "gradient" else None)
+        got = kernel_dequantize([q[0] for q in quantized], [q[1] for q in quantized], dtype, right, below)
         print(rows, cols, nested, kind, torch.equal(got, want), float((got.float() - want.float()).abs().max()))
 """
 
@@ -48,7 +49,7 @@ def _assert_exact(output: str, count: int) -> None:
     lines = output.split("\n")[:-1]
     assert len(lines) == count, output
     assert all(line.split()[-2] == "True" for line in lines), output
-    assert {line.split()[-3] for line in lines} == {"input", "plain"}
+    assert {line.split()[-3] for line in lines} == {"input", "gradient", "plain"}
 
 
 def test_kernel_gives_bitsandbytes_values_in_the_interpreter() -> None:
