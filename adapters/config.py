@@ -61,6 +61,13 @@ class TrainConfig(BaseModel):
         description="compile + checkpointing: the share of a layer's activations the compiler may keep for the "
         "backward instead of recomputing them (0: only the layer's input), picked by recompute cost per byte",
     )
+    keep_projection_outputs: int = Field(
+        0,
+        ge=0,
+        description="compile + checkpointing + lora_addmm: in this many decoder layers (the last), keep the outputs "
+        "of the projections that narrow their input (the MLP's down projection) for the backward instead of running "
+        "those matmuls again (one [tokens x hidden] tensor each)",
+    )
     cuda_graph: bool = Field(
         False, description="replay each micro-batch's forward and backward as one CUDA graph (GPU; fixed shapes)"
     )
@@ -78,6 +85,12 @@ class TrainConfig(BaseModel):
                 "keep_activations",
                 "keep_activations applies to compiled, checkpointed layers: set compile: true and "
                 "gradient_checkpointing: true, or keep_activations: 0",
+            )
+        if self.keep_projection_outputs and not (self.compile and self.gradient_checkpointing and self.lora_addmm):
+            raise FieldError(
+                "keep_projection_outputs",
+                "keep_projection_outputs applies to compiled, checkpointed layers with lora_addmm: set compile, "
+                "gradient_checkpointing and lora_addmm true, or keep_projection_outputs: 0",
             )
         if self.cuda_graph and self.device == "cpu":  # `auto` resolving to the CPU is caught at model load
             raise FieldError("cuda_graph", "CUDA graphs need a CUDA device: set cuda_graph: false or a cuda device")

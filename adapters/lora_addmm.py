@@ -57,12 +57,19 @@ def _layout_of(x: torch.Tensor, weight: torch.Tensor, lora_b: torch.Tensor) -> s
 
 @torch.library.custom_op("adapters::lora_linear", mutates_args=())
 def lora_linear(
-    x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    dropped: torch.Tensor | None,
+    keep: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`x @ W^T + inner @ lora_b^T` with `inner = a @ lora_a^T` (a: `dropped`, LoRA dropout's copy of x, where
     given, else x itself), for 2-D x [tokens x in] and lora_a already scaled; returns the sum and `inner` (which the
     backward reads). `weight` is W [out x in] or, laid out as `layout` says, `[W | lora_b]` or `[W ; lora_a]`
-    (the caller's copies of the same values; their gradients come through lora_a and lora_b)."""
+    (the caller's copies of the same values; their gradients come through lora_a and lora_b). `keep` changes
+    nothing here: in a compiled, checkpointed layer it has the backward keep both outputs instead of running the
+    operator again (adapters/kept_outputs.py)."""
     inner = torch.mm(x if dropped is None else dropped, lora_a.t())
     kind = _layout_of(x, weight, lora_b)
     if kind == "input":
@@ -73,7 +80,12 @@ def lora_linear(
 
 @lora_linear.register_fake
 def _(
-    x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, dropped: torch.Tensor | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    dropped: torch.Tensor | None,
+    keep: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty((x.shape[0], lora_b.shape[0])), x.new_empty((x.shape[0], lora_a.shape[0]))
 
@@ -130,7 +142,7 @@ def _(
 
 
 def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    ctx.save_for_backward(*inputs, output[1])
+    ctx.save_for_backward(*inputs[:5], output[1])  # not `keep`
 
 
 def _backward(ctx: Any, grad: torch.Tensor, grad_inner: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -138,7 +150,7 @@ def _backward(ctx: Any, grad: torch.Tensor, grad_inner: torch.Tensor | None) -> 
     arrives for it (grad_inner)."""
     x, weight, lora_a, lora_b, dropped, inner = ctx.saved_tensors
     grad_x, grad_a, grad_b, grad_dropped = lora_linear_backward(grad, x, weight, lora_a, lora_b, dropped, inner)
-    return grad_x, None, grad_a, grad_b, None if dropped is None else grad_dropped
+    return grad_x, None, grad_a, grad_b, None if dropped is None else grad_dropped, None
 
 
 lora_linear.register_autograd(_backward, setup_context=_setup)
@@ -247,7 +259,8 @@ def _fused(members: tuple[Any, ...], x: torch.Tensor, dtype: torch.dtype) -> lis
     flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
     dropped = dropout(flat_x) if dropping[0] else None
     lora_a, lora_b = _stacked([o[1] for o in operands]), _stacked([o[2] for o in operands], diagonal=True)
-    flat, _ = lora_linear(flat_x, _weight([o[0] for o in operands], dtype, lora_a, lora_b), lora_a, lora_b, dropped)
+    weight = _weight([o[0] for o in operands], dtype, lora_a, lora_b)
+    flat, _ = lora_linear(flat_x, weight, lora_a, lora_b, dropped, members[0]._keep)
     parts = flat.split([o[2].shape[0] for o in operands], dim=1) if len(members) > 1 else (flat,)
     return [part.view(*x.shape[:-1], part.shape[-1]) for part in parts]
 
@@ -285,5 +298,5 @@ def _addmm_class(lora_class: Any) -> Any:
             result = flat.view(result.shape)
         return result
 
-    attributes = {"forward": forward, "_siblings": (), "_pending": None}
+    attributes = {"forward": forward, "_siblings": (), "_pending": None, "_keep": False}
     return type(f"Addmm{lora_class.__name__}", (lora_class,), attributes)

@@ -98,8 +98,18 @@ def build_model(config: TrainConfig) -> tuple[Any, LoadedModel]:
             # the compiled backward (fused), instead of re-entering the compiled forward through a wrapper. With
             # `keep_activations` above 0 it keeps what is dearest to recompute per byte (attention, matmuls).
             torch._functorch.config.activation_memory_budget = config.keep_activations
+            if config.keep_projection_outputs:
+                _keep_projection_outputs(model, config)
         compile_layers(model)
     return model, loaded
+
+
+def _keep_projection_outputs(model: Any, config: TrainConfig) -> None:
+    from adapters import kept_outputs  # inductor's pass machinery: imported where used
+
+    kept_outputs.mark(model, config.keep_projection_outputs)
+    torch._inductor.config.joint_custom_pre_pass = kept_outputs.MarkKept()
+    torch._functorch.config.activation_memory_budget = config.keep_activations or kept_outputs.KEEP_BUDGET
 
 
 def _faster_attention(model: Any, config: TrainConfig) -> None:

@@ -19,6 +19,8 @@ from model load to the last step. Contenders:
   ...-sdpa, -eager, -flex, -cudnn   ... with that attention instead of `--attention`
   ...-mlpN            ... each MLP run on N slices of the micro-batch's rows (`mlp_chunks`)
   ...-keepN           ... compiled + checkpointing keeping N% of a layer's activations (`keep_activations`)
+  ...-savedN          ... -addmm with the last N layers keeping their down projections' outputs
+                      (`keep_projection_outputs`, adapters/kept_outputs.py)
   ...-nocudnn         ... sdpa without cuDNN's attention kernels (flash / memory-efficient instead)
   ...-addmm           ... LoRA products added inside their matmuls (`lora_addmm`; bench/layer_buffers.py)
   ...-nowiden         ... -addmm with every product added into the output (adapters.lora_addmm.WIDEN off)
@@ -111,6 +113,7 @@ def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str
         gradient_checkpointing="ckpt" in contender,
         mlp_chunks=option("mlp", 1),
         keep_activations=option("keep", 0) / 100,
+        keep_projection_outputs=option("saved", 0),
         lora_addmm="-addmm" in contender,
         compile="compile" in contender,
         cuda_graph="graph" in contender,

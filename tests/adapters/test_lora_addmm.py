@@ -159,6 +159,42 @@ def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., t
     assert all(getattr(module, "_pending", None) is None for module in ours.modules())
 
 
+def test_kept_projection_outputs_are_not_recomputed(
+    tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keep_projection_outputs` as the trainer builds it (compiled, checkpointed layers, `lora_addmm`; fp32 on the
+    CPU): the last layer keeps its down projection's output, so the backward runs the operator once less (the
+    profiler's count), with the same loss and gradients as the layers that recompute everything."""
+    import torch._inductor.config
+
+    from adapters.trainer import build_model
+
+    monkeypatch.setattr(torch._inductor.config, "joint_custom_pre_pass", None)  # the trainer sets it: put back
+    tiny_gemma3(width=64).save_pretrained(tmp_path / "tiny")
+
+    def run(layers: int) -> tuple[int, tuple[float, dict[str, torch.Tensor]]]:
+        config = TrainConfig(model=str(tmp_path / "tiny"), quant="none", device="cpu", lora_r=4, lora_dropout=0.0,
+                             lora_addmm=True, compile=True, gradient_checkpointing=True,
+                             keep_projection_outputs=layers)  # fmt: skip
+        model, _ = build_model(config)
+        torch.manual_seed(1)
+        _random_b(model)
+        _loss_and_gradients(model.train())  # compiled here: the profiler would count the tracing's calls
+        with torch.profiler.profile() as profile:
+            got = _loss_and_gradients(model)
+        return sum(e.count for e in profile.key_averages() if e.key == "adapters::lora_linear"), got
+
+    (kept_calls, kept), (all_calls, recomputed) = run(1), run(0)
+    assert all_calls == 20  # per layer q/k/v as one, o, gate, up, down: forward and recompute
+    assert kept_calls == all_calls - 1
+    _assert_same(kept, recomputed, 1e-5)
+
+
+def test_kept_projection_outputs_need_the_compiled_checkpointed_operator() -> None:
+    with pytest.raises(ValueError, match="keep_projection_outputs"):
+        TrainConfig(keep_projection_outputs=2, compile=True, gradient_checkpointing=True)
+
+
 def _laid_out_sum(
     weight: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dropped: torch.Tensor | None
 ) -> torch.Tensor:
