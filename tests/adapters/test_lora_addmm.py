@@ -160,7 +160,7 @@ def test_addmm_lora_in_compiled_checkpointed_layers(tiny_gemma3: Callable[..., t
 
 
 def test_kept_projection_outputs_are_not_recomputed(
-    tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path
 ) -> None:
     """`keep_projection_outputs` as the trainer builds it (compiled, checkpointed layers, `lora_addmm`; fp32 on the
     CPU): the last layer keeps its down projection's output, so the backward runs the operator once less (the
@@ -169,7 +169,6 @@ def test_kept_projection_outputs_are_not_recomputed(
 
     from adapters.trainer import build_model
 
-    monkeypatch.setattr(torch._inductor.config, "joint_custom_pre_pass", None)  # the trainer sets it: put back
     tiny_gemma3(width=64).save_pretrained(tmp_path / "tiny")
 
     def run(layers: int) -> tuple[int, tuple[float, dict[str, torch.Tensor]]]:
@@ -184,7 +183,8 @@ def test_kept_projection_outputs_are_not_recomputed(
             got = _loss_and_gradients(model)
         return sum(e.count for e in profile.key_averages() if e.key == "adapters::lora_linear"), got
 
-    (kept_calls, kept), (all_calls, recomputed) = run(1), run(0)
+    with torch._inductor.config.patch(joint_custom_pre_pass=None):  # the trainer sets it: put back after
+        (kept_calls, kept), (all_calls, recomputed) = run(1), run(0)
     assert all_calls == 20  # per layer q/k/v as one, o, gate, up, down: forward and recompute
     assert kept_calls == all_calls - 1
     _assert_same(kept, recomputed, 1e-5)
