@@ -23,6 +23,14 @@ from harness import cudnn_attention
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
+@pytest.fixture(autouse=True)
+def fresh_compilations() -> None:
+    """Each test compiles afresh. transformers compiles flex attention once per process (`dynamic=False`: one
+    compilation per shape and dtype); past dynamo's recompile limit, reached by earlier tests' shapes, it runs
+    uncompiled, and uncompiled flex attention copies a CPU tensor to the GPU, which a CUDA graph's capture refuses."""
+    torch._dynamo.reset()
+
+
 def tiny_lora_model(
     tiny_gemma3: Callable[..., torch.nn.Module], attention: str, dtype: torch.dtype = torch.bfloat16
 ) -> torch.nn.Module:
