@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from harness.errors import HarnessError
 from judges.pairwise import combine, summarise
 from judges.parse import JudgeParseError, parse_grades, parse_pairwise, weighted_scores
-from judges.prompt import grade_messages, pairwise_messages
+from judges.prompt import grade_messages, grade_schema, pairwise_messages
 from judges.rubric import BUILTIN_RUBRICS, find_rubric, load_rubric_file
 
 GENERAL = find_rubric("general")
@@ -80,6 +81,19 @@ def test_parse_grades() -> None:
     ]:
         with pytest.raises(JudgeParseError, match=message):
             parse_grades(bad, GENERAL)
+
+
+def test_the_local_judges_grammar_allows_only_the_scales_levels() -> None:
+    """The grammar llama-cpp-python's server builds from the grading schema (the local judge decodes under it): each
+    dimension's score is one of 1-5. With the score as an integer bounded by `minimum`/`maximum`, the grammar took any
+    integer (the bounds dropped), and SmolLM2 answered 0 for coherence on 6 of the demo baseline's 12 samples."""
+    json_schema_to_gbnf = pytest.importorskip("llama_cpp.llama_grammar").json_schema_to_gbnf
+
+    grammar = json_schema_to_gbnf(json.dumps(grade_schema(GENERAL)))
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines() if " ::= " in line)
+    score_rules = {rules[name] for name in rules if name.endswith("score")}
+    assert score_rules == {'"1" | "2" | "3" | "4" | "5"'}, grammar
+    assert "integer" not in rules, grammar
 
 
 def test_parse_pairwise() -> None:
