@@ -44,8 +44,8 @@ def _rubric_text(rubric: Rubric) -> str:
 
 def grade_schema(rubric: Rubric) -> dict[str, Any]:
     """The JSON schema a grading answer follows. The score is an enum of the scale's levels, not an integer with
-    `minimum` and `maximum`: llama-cpp-python's grammar (the local judge's constrained decoding) drops those bounds
-    and let the judge answer 0 on a 1-5 scale, which the parser then rejects."""
+    `minimum` and `maximum`: llama-cpp-python's grammar (the local judge's constrained decoding) drops those bounds,
+    which let the judge answer 0 on a 1-5 scale, an answer the parser then rejects."""
     grade = {
         "type": "object",
         "properties": {"reason": {"type": "string"}, "score": {"type": "integer", "enum": list(SCALE)}},
