@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOOP := --data examples/data/notices_train.jsonl --suite examples/suite.yaml --train-config examples/train.yaml
 
-.PHONY: demo test lint clean chromium
+.PHONY: demo test lint docs clean chromium
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ chromium:
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy harness tasks judges adapters reports
+	$(BIN)/lint-imports  # the layer contract in pyproject.toml (docs/architecture.md)
+
+# docs/cli.md is generated from the CLI itself (tests/test_docs.py fails when it is stale).
+docs: $(STAMP)
+	$(BIN)/typer harness.cli utils docs --name harness --title 'CLI reference' --output docs/cli.md
 
 clean:
 	rm -rf $(VENV) runs loop report

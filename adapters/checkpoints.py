@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from adapters.config import TrainConfig
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"

@@ -7,9 +7,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.formats import Example, example_text
-from harness.data import read_rows
-from harness.registry import get_tasks
-from harness.text import normalize_text
+from harness.core.data import read_rows
+from harness.core.text import normalize_text
+from harness.evaluation.catalog import get_tasks
 
 LEAKAGE_NGRAM = 13
 

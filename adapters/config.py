@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.formats import DataFormatName
-from harness.models import Attention, Device
-from harness.yamlfile import FieldError, read_mapping, validate
+from harness.backends.hf import Attention, Device
+from harness.core.yamlfile import FieldError, read_mapping, validate
 
 
 class TrainConfig(BaseModel):

@@ -12,9 +12,9 @@ from adapters.checks import DataReport, check_examples
 from adapters.config import TrainConfig
 from adapters.formats import Example, load_examples
 from adapters.tokenize import TokenizedExample, tokenize_example
-from harness.data import data_fingerprint
-from harness.errors import HarnessError
-from harness.fingerprint import hash_json
+from harness.core.data import data_fingerprint
+from harness.core.errors import HarnessError
+from harness.core.fingerprint import hash_json
 
 
 @dataclass

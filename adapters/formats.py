@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.data import Row, read_rows
-from harness.errors import HarnessError
+from harness.core.data import Row, read_rows
+from harness.core.errors import HarnessError
 
 DataFormatName = Literal["auto", "alpaca", "messages", "prompt_completion", "text"]
 ROLES = ("system", "user", "assistant", "model")

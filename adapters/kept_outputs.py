@@ -18,7 +18,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from torch.utils.checkpoint import CheckpointPolicy
 
 from adapters.lora_addmm import layout
-from harness.compute import output_head
+from harness.kernels.headloss import output_head
 
 
 def mark(model: Any, layers: int) -> int:

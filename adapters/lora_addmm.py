@@ -18,7 +18,7 @@ product joins the base matmul as r more columns, `[x | inner] @ [W | lora_b]^T` 
 instead of a second pass over [tokens x out]; in the backward one matmul gives the gradients of both x and inner);
 where it narrows (down, q, k, v), x's gradient is one matmul, `[grad | grad @ lora_b] @ [W ; lora_a]`, instead of
 a second pass over [tokens x in]. NF4 weights are dequantized straight into that wider matrix on a GPU
-(adapters/nf4.py). The rank side `inner = x @ (lora_a * scale)^T` is computed inside the operator too, and in the
+(harness/kernels/nf4.py). The rank side `inner = x @ (lora_a * scale)^T` is computed inside the operator too, and in the
 backward x's two gradients are never two [tokens x in] tensors and their sum (0.24 GiB less at the 2B shape's
 peak, run 75). The projections of one input (`SIBLINGS`) run as one operator. With LoRA dropout, lora_a reads
 dropout's copy of x.
@@ -204,10 +204,11 @@ def _dense_base(base: Any, dtype: torch.dtype) -> bool:
 
 def _weight(bases: list[Any], dtype: torch.dtype, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
     """The base layers' weights stacked as one dense matrix in `dtype` and laid out for `lora_linear` with the
-    (stacked) LoRA matrices (`laid_out`). NF4 weights on a GPU are dequantized straight into it (adapters/nf4.py)."""
+    (stacked) LoRA matrices (`laid_out`). NF4 weights on a GPU are dequantized straight into it
+    (harness/kernels/nf4.py)."""
     if type(bases[0]) is torch.nn.Linear:
         return laid_out(_stacked([base.weight.to(dtype) for base in bases]), lora_a, lora_b)
-    from adapters import nf4
+    from harness.kernels import nf4
 
     right, below = margins(lora_a, lora_b)
     packed, states = [base.weight.data for base in bases], [base.weight.quant_state for base in bases]

@@ -1,6 +1,6 @@
 """Causal-LM loss over supervised positions only, the LM head applied a chunk of rows at a time.
 
-The frozen head's chunks compute their gradient in the forward pass (harness.headloss), so no more than one
+The frozen head's chunks compute their gradient in the forward pass (harness.kernels.headloss), so no more than one
 chunk of full-vocabulary logits exists at any time (Gemma's vocabulary is 262k) and none is recomputed.
 """
 
@@ -12,10 +12,9 @@ import torch
 
 from adapters.packing import Batch, attention_masks
 from adapters.tokenize import IGNORE_INDEX
-from harness import cudnn_attention
-from harness.attention import flex_kwargs
-from harness.compute import output_head
-from harness.headloss import summed_nll
+from harness.kernels import cudnn_attention
+from harness.kernels.attention import flex_kwargs
+from harness.kernels.headloss import output_head, summed_nll
 
 
 def supervised_nll(model: Any, batch: Batch, packed: bool | None = None, static: bool = False) -> torch.Tensor:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import HarnessError
-from harness.models import ModelOptions, load_model
+from harness.backends.hf import ModelOptions, load_model
+from harness.core.errors import HarnessError
 
 
 def base_model_of(adapter_dir: Path) -> str:

@@ -114,8 +114,8 @@ def attention_masks(
 
     `causal_none` (rows of one example each, sdpa attention): a layer type whose mask would be plain causal gets
     None, which sdpa runs as `is_causal` (cuDNN's causal kernels) without a mask tensor; `windowed` (attention that
-    applies the sliding window itself: harness.cudnn_attention) extends that to windowed layer types. `flex`: the
-    other masks as flex attention BlockMasks instead of 4D tensors."""
+    applies the sliding window itself: harness.kernels.cudnn_attention) extends that to windowed layer types.
+    `flex`: the other masks as flex attention BlockMasks instead of 4D tensors."""
     layer_types = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
 

@@ -4,7 +4,7 @@
 
 The text is rendered as pieces marked supervised or not; each cumulative prefix is tokenized, so a piece's
 tokens are exactly the ones its text adds. Exactly one <bos>. The prompt side renders as the inference chat
-template does (`harness.embedded.GEMMA_CHAT_TEMPLATE`), so training and evaluation see the same prompt.
+template does (`harness.backends.embedded.GEMMA_CHAT_TEMPLATE`), so training and evaluation see the same prompt.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.formats import Example, Turn
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 IGNORE_INDEX = -100
 

@@ -28,12 +28,13 @@ from adapters.lora_addmm import use_lora_addmm
 from adapters.loss import supervised_nll
 from adapters.packing import Batch, collate, pack
 from adapters.tokenize import TokenizedExample
-from harness import cudnn_attention, distributed
-from harness.attention import caps_attention
-from harness.compute import output_head
-from harness.errors import HarnessError
-from harness.models import LoadedModel, ModelOptions, load_model
-from harness.record import write_atomic
+from harness.backends import distributed
+from harness.backends.hf import LoadedModel, ModelOptions, load_model
+from harness.core.errors import HarnessError
+from harness.core.record import write_atomic
+from harness.kernels import cudnn_attention
+from harness.kernels.attention import caps_attention
+from harness.kernels.headloss import output_head
 
 MANIFEST = "manifest.json"
 

@@ -5,9 +5,9 @@ sdpa (cuDNN on an H100) the way the trainer calls it. Random inputs; the masks a
 
     python bench/attention_speed.py --model gemma-3-270m --variants sdpa,default,b64x64x64x64s1w8
 
-Variants: `sdpa`; `cudnn` (harness.cudnn_attention: the window in cuDNN's kernels, no mask tensor; a soft-cap in
-`-c<N>` query slices, harness.cudnn_attention.CAPPED_CHUNKS without); `default`
-(flex, torch's options for the head size); `tuned` (harness.attention's options for this device and head size,
+Variants: `sdpa`; `cudnn` (harness.kernels.cudnn_attention: the window in cuDNN's kernels, no mask tensor; a soft-cap in
+`-c<N>` query slices, harness.kernels.cudnn_attention.CAPPED_CHUNKS without); `default`
+(flex, torch's options for the head size); `tuned` (harness.kernels.attention's options for this device and head size,
 what the trainer passes for flex); or flex with `f<BLOCK_M>x<BLOCK_N>s<stages>w
 <warps>` (forward kernel) and/or `b<BLOCK_M1>x<BLOCK_N1>x<BLOCK_N2>x<BLOCK_M2>s<stages>w<warps>` (backward),
 and `tma` (Hopper's tensor-memory loads), joined by `+`. Blocks must divide flex's 128-token mask blocks.
@@ -30,7 +30,7 @@ VARIANTS = "sdpa,cudnn,default,tuned,b64x64x64x64s2w8,f128x64s2w8"
 def kernel_options(variant: str, config: dict[str, Any]) -> dict[str, Any]:
     from types import SimpleNamespace
 
-    from harness.attention import flex_kernel_options
+    from harness.kernels.attention import flex_kernel_options
 
     options: dict[str, Any] = {}
     for part in variant.split("+"):
@@ -65,7 +65,7 @@ def layer_attention(config: dict[str, Any], kind: str, variant: str, rows: int, 
     scale = config["query_pre_attn_scalar"] ** -0.5
     softcap = config.get("attn_logit_softcapping")
     if found := re.fullmatch(r"cudnn(?:-c(\d+))?", variant):
-        from harness.cudnn_attention import CAPPED_CHUNKS, cudnn_attention
+        from harness.kernels.cudnn_attention import CAPPED_CHUNKS, cudnn_attention
 
         chunks = int(found.group(1) or CAPPED_CHUNKS)
 

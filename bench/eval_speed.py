@@ -6,12 +6,12 @@ configs; see bench/common.py).
     python bench/eval_speed.py --device cpu --texts 8 --seq 256 --prompts 8 --new-tokens 16   # 2-core CPU
 
 Perplexity: `--texts` random texts of at most `--seq` tokens (BOS first), `--batch` at a time. Contenders: ours
-(harness.compute.queue_rolling, driven as `harness run` drives it), ours-compile (decoder compiled), a `-chunked`
-suffix on either (the LM head in chunks instead of harness.head_kernel), a `-deftiles` suffix (flex attention on
-torch's default tiles, not harness.attention's tuned ones), hf (forward with `labels`, full logits;
-tokenized before timing), lmeval (`HFLM.loglikelihood_rolling`). The perplexities must agree.
+(harness.backends.hf_requests.queue_rolling, driven as `harness run` drives it), ours-compile (decoder compiled),
+a `-chunked` suffix on either (the LM head in chunks instead of harness.kernels.head_kernel), a `-deftiles` suffix
+(flex attention on torch's default tiles, not harness.kernels.attention's tuned ones), hf (forward with `labels`,
+full logits; tokenized before timing), lmeval (`HFLM.loglikelihood_rolling`). The perplexities must agree.
 Generation: `--prompts` prompts of 128 random tokens, `--new-tokens` greedy tokens each, one batch. Contenders:
-ours (harness.compute.generate), ours-compile (static KV cache, compiled decoding step), lmeval
+ours (harness.backends.hf_requests.generate), ours-compile (static KV cache, compiled decoding step), lmeval
 (`HFLM.generate_until`). Tokens/s counts the generated text's tokens, re-tokenized, for everyone alike.
 """
 
@@ -43,7 +43,7 @@ def texts_of_at_most(tokenizer: Any, count: int, tokens: int, seed: int) -> list
 
 
 def load_ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> Any:
-    from harness.models import ModelOptions, load_model
+    from harness.backends.hf import ModelOptions, load_model
 
     options = ModelOptions(
         name=str(checkpoint), device=args.device, attention=args.attention, compile="compile" in contender
@@ -52,9 +52,9 @@ def load_ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> Any
 
 
 def ppl_ours(checkpoint: Path, texts: list[str], args: argparse.Namespace, contender: str) -> tuple[float, int, Any]:
-    from harness import attention, headloss
-    from harness.compute import queue_rolling
-    from harness.runner import pipelined
+    from harness.backends.hf_requests import queue_rolling
+    from harness.evaluation.runner import pipelined
+    from harness.kernels import attention, headloss
 
     headloss.FUSED_KERNEL = "chunked" not in contender
     if "deftiles" in contender:
@@ -151,8 +151,8 @@ def perplexity(checkpoint: Path, args: argparse.Namespace) -> None:
 
 
 def gen_ours(checkpoint: Path, prompts: list[str], args: argparse.Namespace, contender: str) -> Any:
-    from harness.compute import generate
-    from harness.taskspec import GenerationConfig
+    from harness.backends.hf_requests import generate
+    from harness.core.taskspec import GenerationConfig
 
     loaded = load_ours(checkpoint, args, contender)
     config = GenerationConfig(max_new_tokens=args.new_tokens)

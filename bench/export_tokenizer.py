@@ -11,7 +11,7 @@ import shutil
 
 from common import TOKENIZER
 
-from harness.embedded import embedded_checkpoint_dir
+from harness.backends.embedded import embedded_checkpoint_dir
 
 
 def main() -> None:

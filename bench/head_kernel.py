@@ -1,11 +1,11 @@
-"""The fused LM-head log-sum-exp (harness.head_kernel) against the head it replaces, on a GPU: tile settings of
+"""The fused LM-head log-sum-exp (harness.kernels.head_kernel) against the head it replaces, on a GPU: tile settings of
 the kernel, the plain cuBLAS head matmul alone (what the unfused head spends before any log-sum-exp), and the
 chunked path (matmul + compiled log-sum-exp per chunk). Random bf16 inputs of the real shapes.
 
     python bench/head_kernel.py --configs 128x128x64w8s3v16,128x256x64w8s3v16
 
 `--lse SLICExBLOCKwWARPS,...` times training's log-sum-exp of given logits instead, under CUDA graphs as in
-training (harness.head_kernel's logits_nll_and_lse against the compiled two-stage reduction it replaces, and the
+training (harness.kernels.head_kernel's logits_nll_and_lse against the compiled two-stage reduction it replaces, and the
 logits' gradient kernel, which reads and writes the logits once, as a yardstick of the memory's speed) on one
 256-row chunk of bf16 logits; soft-capped, also the one pass that replaces both in training.
 """
@@ -18,7 +18,7 @@ import re
 import common  # noqa: F401  (puts this checkout on the import path)
 import torch
 
-DEFAULTS = (0, 0, 64, 8, 3, 16)  # "auto": the tiles harness.head_kernel picks by hidden size
+DEFAULTS = (0, 0, 64, 8, 3, 16)  # "auto": the tiles harness.kernels.head_kernel picks by hidden size
 CONFIGS = (
     "auto,128x128x64w8s3v1,128x128x64w8s3v16,128x256x64w8s3v16,256x128x64w8s3v16,128x256x64w8s4v16,128x128x64w8s4v32"
 )
@@ -48,7 +48,7 @@ def timed_ms(fn: object, repeats: int = 10, graph: bool = False) -> float:
 
 
 def compare(model: str, dim: int, vocab: int, softcap: float | None, rows: int, configs: list[str]) -> None:
-    from harness import head_kernel, headloss
+    from harness.kernels import head_kernel, headloss
 
     hidden = torch.randn(rows, dim, device="cuda").bfloat16()
     head = torch.nn.Linear(dim, vocab, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
@@ -81,7 +81,7 @@ def compare(model: str, dim: int, vocab: int, softcap: float | None, rows: int, 
 
 
 def compare_lse(model: str, vocab: int, rows: int, configs: list[str], softcap: float | None) -> None:
-    from harness import head_kernel, headloss
+    from harness.kernels import head_kernel, headloss
 
     logits = (torch.randn(rows, vocab, device="cuda") * 4).bfloat16()
     targets = torch.randint(0, vocab, (rows,), device="cuda")
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--pointer-loads", action="store_true", help="the kernel's tiles without tensor descriptors")
     parser.add_argument("--lse", default="", help="log-sum-exp settings SLICExBLOCKwWARPS (training's head)")
     args = parser.parse_args()
-    from harness import head_kernel
+    from harness.kernels import head_kernel
 
     head_kernel.TMA = False if args.pointer_loads else None
     for model, (dim, vocab, softcap) in SHAPES.items():

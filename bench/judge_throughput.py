@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.cache import ResultCache
+from harness.core.cache import ResultCache
 from judges.client import JudgeClient, JudgeEndpoint
 from judges.local_server import local_judge
 from judges.parse import parse_grades

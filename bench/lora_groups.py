@@ -1,7 +1,7 @@
 """One decoder layer's LoRA projections on NF4 weights, forward twice (gradient checkpointing's recompute) and
 backward once, under a CUDA graph, through adapters/lora_addmm.py's operator: each projection alone
 (`separate`) and the projections of one input (q, k, v; gate, up) as one (`grouped`: weights stacked, LoRA B
-block-diagonal), the weights dequantized by bitsandbytes and laid out by a copy, or by adapters/nf4.py's kernel
+block-diagonal), the weights dequantized by bitsandbytes and laid out by a copy, or by harness/kernels/nf4.py's kernel
 (`-kernel`).
 The grouped backward is handed one gradient of all outputs, as autograd hands the operator. A measurement for
 design questions, not a contender of train_speed.py.
@@ -44,9 +44,9 @@ def dense(p: dict[str, Any]) -> torch.Tensor:
 
 def run(x: torch.Tensor, group: list[dict[str, Any]], grad: torch.Tensor, kernel: bool) -> None:
     """The projections of `group` as one `lora_linear` (one alone: as the trainer runs it), the weight laid out by
-    adapters/nf4.py's kernel (or by bitsandbytes' dequantization and a copy: `kernel` false)."""
-    from adapters import nf4
+    harness/kernels/nf4.py's kernel (or by bitsandbytes' dequantization and a copy: `kernel` false)."""
     from adapters.lora_addmm import _stacked, laid_out, lora_linear, lora_linear_backward, margins
+    from harness.kernels import nf4
 
     a = _stacked([(p["a"] * 2.0).to(torch.bfloat16) for p in group])
     b = _stacked([p["b"].to(torch.bfloat16) for p in group], diagonal=True)

@@ -1,4 +1,4 @@
-"""adapters/nf4.py's kernel alone against bitsandbytes' dequantization, per weight of a model shape: µs per
+"""harness/kernels/nf4.py's kernel alone against bitsandbytes' dequantization, per weight of a model shape: µs per
 weight and the memory speed that makes (4-bit codes read, bf16 written), bitsandbytes with and without the copy
 that puts the LoRA matrix beside (or under) the weight as `lora_linear` needs it. `--sweep` times the kernel's
 tile sizes and warps too. A measurement for design questions, not a contender of train_speed.py.
@@ -42,8 +42,8 @@ def microseconds(fn: Callable[[], Any], repeats: int = 50) -> float:
 def contenders(out: int, width: int) -> dict[str, Callable[[], Any]]:
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
-    from adapters import nf4
     from adapters.lora_addmm import laid_out, margins
+    from harness.kernels import nf4
 
     weight = torch.randn(out, width, device="cuda", dtype=torch.bfloat16) / width**0.5
     packed, state = quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
@@ -58,7 +58,7 @@ def contenders(out: int, width: int) -> dict[str, Callable[[], Any]]:
 
 
 def main() -> None:
-    from adapters import nf4
+    from harness.kernels import nf4
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="gemma-2-2b", choices=sorted(SHAPES))

@@ -11,9 +11,9 @@ from model load to the last step. Contenders:
   ours                our train_step (no gradient checkpointing)     ours-ckpt     ... with gradient checkpointing
   ours-compile        ... decoder layers under torch.compile          ours-compile-ckpt  both (activation budget)
   ...-graph           any of ours with `cuda_graph: true` (each micro-batch's forward and backward one CUDA graph)
-  ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (harness.headloss.LOGIT_CHUNK_BYTES)
-  ...-lseN            ... the head's log-sum-exp in N slices of the vocabulary (harness.headloss.LSE_SLICES)
-  ...-inductorlse     ... that log-sum-exp compiled by inductor, not harness.head_kernel's (headloss.LSE_KERNEL)
+  ...-chunkN          any of ours with the LM head's chunks at N MiB of logits (headloss.LOGIT_CHUNK_BYTES)
+  ...-lseN            ... the head's log-sum-exp in N slices of the vocabulary (harness.kernels.headloss.LSE_SLICES)
+  ...-inductorlse     ... that log-sum-exp compiled by inductor, not harness.kernels.head_kernel's (headloss.LSE_KERNEL)
   ...-twopass         ... a soft-capped head's log-sum-exp pass, then its gradient's (headloss.CAPPED_ONE_PASS off)
   ...-accumN          ... the step's sequences in N micro-batches (gradient accumulation; the same step)
   ...-sdpa, -eager, -flex, -cudnn   ... with that attention instead of `--attention`
@@ -68,12 +68,12 @@ def attention_of(contender: str, args: argparse.Namespace) -> str:
 
 
 def ours(checkpoint: Path, args: argparse.Namespace, contender: str) -> dict[str, Any]:
-    from adapters import lora_addmm, nf4
+    from adapters import lora_addmm
     from adapters.config import TrainConfig
     from adapters.graphs import micro_step
     from adapters.packing import collate
     from adapters.trainer import build_model, make_optimizer, train_step
-    from harness import headloss
+    from harness.kernels import headloss, nf4
 
     def option(name: str, default: int) -> int:  # `-nameN` in the contender's name
         found = re.search(rf"-{name}(\d+)", contender)

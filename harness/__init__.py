@@ -1,6 +1,6 @@
 """Evaluation-first benchmarking harness for base and fine-tuned language models."""
 
-from harness.errors import HarnessError
-from harness.registry import MetricDef, SampleStats, metric, task
+from harness.core.errors import HarnessError
+from harness.core.registry import MetricDef, SampleStats, metric, task
 
 __all__ = ["HarnessError", "MetricDef", "SampleStats", "metric", "task"]

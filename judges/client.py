@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from harness.cache import ResultCache
+from harness.core.cache import ResultCache
 from judges.parse import JudgeParseError
 
 T = TypeVar("T")

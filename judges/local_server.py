@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.fingerprint import hash_file
+from harness.core.errors import HarnessError
+from harness.core.fingerprint import hash_file
 from judges.client import JudgeEndpoint
 
 LOCAL_MODEL = "smollm2-135m-instruct"

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from harness.errors import HarnessError
-from harness.record import RunResult
+from harness.core.errors import HarnessError
+from harness.core.record import RunResult
 from judges.client import JudgeClient
 from judges.parse import parse_pairwise
 from judges.prompt import PAIRWISE_SCHEMA, pairwise_messages

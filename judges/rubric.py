@@ -10,9 +10,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from harness.errors import HarnessError
-from harness.fingerprint import hash_json
-from harness.yamlfile import load_model_file
+from harness.core.errors import HarnessError
+from harness.core.fingerprint import hash_json
+from harness.core.yamlfile import load_model_file
 
 BUILTIN_RUBRICS = Path(__file__).parent / "rubrics"
 SCALE = (1, 2, 3, 4, 5)

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.data import Sample
-from harness.errors import HarnessError
-from harness.record import MetricValue
-from harness.runner import JudgedTask
-from harness.stats import bootstrap
-from harness.taskspec import JudgeConfig, TaskSpec
+from harness.core.data import Sample
+from harness.core.errors import HarnessError
+from harness.core.record import MetricValue
+from harness.core.taskspec import JudgeConfig, TaskSpec
+from harness.evaluation.runner import JudgedTask
+from harness.metrics.stats import bootstrap
 from judges.client import JudgeClient, Judgment
 from judges.parse import parse_grades, weighted_scores
 from judges.prompt import grade_messages, grade_schema

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from harness.compare import Comparison, MetricComparison, RunComparison, TaskComparison
-from harness.gate import RuleOutcome
+from harness.comparison.compare import Comparison, MetricComparison, RunComparison, TaskComparison
+from harness.comparison.gate import RuleOutcome
 from reports.markdown import format_number, significance_marker
 
 STYLE = """

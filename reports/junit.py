@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from harness.gate import RuleOutcome
+from harness.comparison.gate import RuleOutcome
 
 
 def render_junit(outcomes: Sequence[RuleOutcome]) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.compare import Comparison, Flip, MetricComparison, RunComparison, TaskComparison
-from harness.gate import RuleOutcome
+from harness.comparison.compare import Comparison, Flip, MetricComparison, RunComparison, TaskComparison
+from harness.comparison.gate import RuleOutcome
 
 LIMIT = 60_000
 ALPHA = 0.05

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.record import RunResult, SampleRecord
+from harness.core.errors import HarnessError
+from harness.core.record import RunResult, SampleRecord
 
 PRIVACY_DEFAULTS = {"OPIK_SENTRY_ENABLE": "false", "OPIK_ANALYTICS_ENABLE": "false"}
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from adapters.checks import check_examples
 from adapters.formats import Turn, load_examples
 from harness.cli import app
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 
 def write(path: Path, rows: list[dict]) -> Path:

@@ -18,7 +18,7 @@ from adapters.graphs import micro_step
 from adapters.packing import collate
 from adapters.tokenize import IGNORE_INDEX, TokenizedExample
 from adapters.trainer import make_optimizer, train_step
-from harness import cudnn_attention
+from harness.kernels import cudnn_attention
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -102,8 +102,8 @@ def test_soft_capped_attention_on_cudnn_under_graphs_trains_as_eager_attention()
     """A tiny random Gemma 2 on cuDNN (the soft-cap's score modifier with its own causal and window masks, in
     query slices; the packed rows on Gemma 2's eager attention), replayed as CUDA graphs, against the same steps
     run eagerly on transformers' eager attention, which computes Gemma 2's attention as written. What this checks
-    is the wiring; the cap's arithmetic is tests/harness/test_cudnn_attention.py's: this model's logits stay below
-    0.04, where a cap of 0.5 bends them by 0.2%."""
+    is the wiring; the cap's arithmetic is tests/harness/kernels/test_cudnn_attention.py's: this model's logits stay
+    below 0.04, where a cap of 0.5 bends them by 0.2%."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Gemma2Config
 

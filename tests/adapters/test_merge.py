@@ -12,8 +12,8 @@ from peft import PeftModel
 from adapters.config import TrainConfig
 from adapters.merge import merge
 from adapters.trainer import train
-from harness.errors import HarnessError
-from harness.models import LoadedModel, ModelOptions, load_model
+from harness.backends.hf import LoadedModel, ModelOptions, load_model
+from harness.core.errors import HarnessError
 
 
 def test_merged_model_logits_equal_base_plus_adapter(gemma: LoadedModel, tmp_path: Path) -> None:

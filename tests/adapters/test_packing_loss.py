@@ -13,7 +13,7 @@ from adapters.formats import Example, Turn
 from adapters.loss import supervised_nll
 from adapters.packing import Batch, collate, pack
 from adapters.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example
-from harness.models import LoadedModel
+from harness.backends.hf import LoadedModel
 
 EXAMPLES = [
     Example((Turn("user", "What is the capital of France?"), Turn("model", "Paris.")), 1),
@@ -54,7 +54,7 @@ def test_train_on_prompt_supervises_all_but_bos(gemma: LoadedModel) -> None:
 
 
 def test_truncation_that_leaves_no_response_is_an_error(gemma: LoadedModel) -> None:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     with pytest.raises(HarnessError, match="max_seq_len"):
         tokenize_example(EXAMPLES[0], gemma.tokenizer, max_seq_len=8)
@@ -116,7 +116,7 @@ def test_fused_head_gradients_match_full_logits_autograd(tokenized: list[Tokeniz
     real model: LoRA layers are injected in place, and the shared fixture must stay bare."""
     from peft import LoraConfig, get_peft_model
 
-    from harness.models import ModelOptions, load_model
+    from harness.backends.hf import ModelOptions, load_model
 
     loaded = load_model(ModelOptions())
     torch.manual_seed(0)
@@ -187,13 +187,13 @@ def test_flex_block_masks_give_the_dense_masks_losses(tiny_gemma3: Callable[...,
 def test_flex_kernel_options_reach_the_attention_kernel(
     monkeypatch: pytest.MonkeyPatch, tiny_gemma3: Callable[..., torch.nn.Module]
 ) -> None:
-    """The tuned kernel options (harness.attention, GPU-only) travel from the training loss and from perplexity
+    """The tuned kernel options (harness.kernels.attention, GPU-only) travel from the training loss and from perplexity
     scoring through transformers' decoder to flex attention's call. On this CPU none are tuned, so the options are
     forced and the call is observed (and passed on without them: CPU flex attention has no Triton tiles to set)."""
     from transformers.integrations import flex_attention as hf_flex
 
-    import harness.attention
-    from harness.compute import Window, _window_nll
+    import harness.kernels.attention
+    from harness.backends.hf_requests import Window, _window_nll
 
     options = {"fwd_num_warps": 8}
     seen: list[object] = []
@@ -209,7 +209,7 @@ def test_flex_kernel_options_reach_the_attention_kernel(
     with torch.no_grad():
         _window_nll(model, 0, torch.device("cpu"), [Window(0, list(range(1, 21)), 1)])
         assert seen == [None, None]  # not tuned for this device: torch's defaults
-        monkeypatch.setattr(harness.attention, "flex_kernel_options", lambda config, device: options)
+        monkeypatch.setattr(harness.kernels.attention, "flex_kernel_options", lambda config, device: options)
         supervised_nll(model, collate([[_example(20, 5)]], pad_id=0), static=True)
         _window_nll(model, 0, torch.device("cpu"), [Window(0, list(range(1, 21)), 1), Window(1, [3, 4, 5], 1)])
     assert seen == [None, None] + [options] * 4  # both layers, the loss then a padded scoring batch
@@ -244,7 +244,7 @@ def test_cudnn_loss_and_gradients_follow_sdpas(tiny_gemma3: Callable[..., torch.
     """The loss and every parameter's gradient with `attention: cudnn` (the sliding window in cuDNN's kernel, no
     mask tensor) against sdpa with mask tensors, both in bf16 (cuDNN takes no fp32), static and not; packed rows
     run sdpa with their masks under cudnn too."""
-    from harness import cudnn_attention
+    from harness.kernels import cudnn_attention
 
     if not cudnn_attention.available():
         pytest.skip("needs the cuDNN frontend (the cudnn extra)")

@@ -138,7 +138,7 @@ def test_kill_9_then_resume_ends_with_the_same_loss(number_data: Path, tmp_path:
 
 
 def test_resume_refuses_a_changed_config(number_data: Path, tmp_path: Path) -> None:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     train(small_config(max_steps=2, quant="none"), number_data, tmp_path / "adapter")
     with pytest.raises(HarnessError, match="different config"):
@@ -155,7 +155,7 @@ def test_shipped_training_configs_validate(config_path: Path) -> None:
 
 def test_bad_config_names_file_line_and_field(tmp_path: Path) -> None:
     from adapters.config import load_train_config
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     path = tmp_path / "train.yaml"
     path.write_text("lora_r: 8\nlearning_rate: -1\n")
@@ -170,7 +170,7 @@ def test_bad_config_names_file_line_and_field(tmp_path: Path) -> None:
 def test_cuda_graphs_without_a_gpu_name_the_field() -> None:
     """`device: auto` resolves to the CPU only at model load, so the trainer checks there too."""
     from adapters.trainer import build_model
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     with pytest.raises(HarnessError, match="field 'cuda_graph': CUDA graphs need a CUDA device, not cpu"):
         build_model(TrainConfig(cuda_graph=True))
@@ -188,7 +188,7 @@ def test_options_that_conflict_name_file_line_and_field(
     tmp_path: Path, text: str, line: int, field: str, message: str
 ) -> None:
     from adapters.config import load_train_config
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     path = tmp_path / "train.yaml"
     path.write_text(text)
@@ -206,7 +206,7 @@ def test_auto_attention_on_a_gpu(tiny_gemma3: Callable[..., torch.nn.Module]) ->
     from transformers import AutoModelForCausalLM, Gemma2Config
 
     from adapters.trainer import _faster_attention
-    from harness import cudnn_attention
+    from harness.kernels import cudnn_attention
 
     def chosen(model: torch.nn.Module, keep: float) -> str:
         _faster_attention(model, TrainConfig(compile=True, gradient_checkpointing=True, keep_activations=keep))

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.cache import ResultCache
-from harness.data import Sample
-from harness.runner import JudgedTask
-from harness.taskspec import TaskSpec
+from harness.core.cache import ResultCache
+from harness.core.data import Sample
+from harness.core.taskspec import TaskSpec
+from harness.evaluation.runner import JudgedTask
 from judges.client import JudgeClient, JudgeEndpoint
 from judges.scoring import RubricJudge
 

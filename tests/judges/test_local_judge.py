@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from judges.local_server import LocalJudge, answers, local_judge
 
 ROWS = [

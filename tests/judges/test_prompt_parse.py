@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from judges.pairwise import combine, summarise
 from judges.parse import JudgeParseError, parse_grades, parse_pairwise, weighted_scores
 from judges.prompt import grade_messages, grade_schema, pairwise_messages

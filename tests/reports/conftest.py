@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cache import ResultCache
-from harness.models import LoadedModel
-from harness.record import RunResult
-from harness.registry import builtin_task_dir, get_tasks
-from harness.runner import RunOptions, evaluate, prepare_tasks
+from harness.backends.hf import LoadedModel
+from harness.core.cache import ResultCache
+from harness.core.record import RunResult
+from harness.evaluation.catalog import builtin_task_dir, get_tasks
+from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
 
 LIMIT = 8
 

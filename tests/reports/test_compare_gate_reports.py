@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.compare import MetricComparison, RunComparison, TaskComparison, compare_runs, mcnemar_p
-from harness.errors import HarnessError
-from harness.gate import GateRule, check_rule
-from harness.record import RunResult
+from harness.comparison.compare import MetricComparison, RunComparison, TaskComparison, compare_runs, mcnemar_p
+from harness.comparison.gate import GateRule, check_rule
+from harness.core.errors import HarnessError
+from harness.core.record import RunResult
 from reports.markdown import LIMIT, render_markdown
 
 RULES = """alpha: 0.05

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.record import RunResult
+from harness.core.record import RunResult
 
 
 class Recorder:

@@ -1,0 +1,34 @@
+"""The `harness` command line: one module per command group (run, reports, judge, train, loop), options defined
+once in harness.cli.options. Each command is a thin layer over the packages below it."""
+
+import sys
+
+import typer
+
+from harness.cli import judge, loop, reports, run, train
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    help="Evaluate base and fine-tuned language models.",
+)
+app.command("tasks")(run.list_tasks)
+app.command("run")(run.run)
+app.command("compare")(reports.compare_command)
+app.command("gate")(reports.gate_command)
+app.add_typer(reports.baseline_app, name="baseline")
+app.add_typer(reports.export_app, name="export")
+app.add_typer(judge.judge_app, name="judge")
+app.command("train")(train.train_command)
+app.command("merge")(train.merge_command)
+app.add_typer(train.data_app, name="data")
+app.command("loop")(loop.loop_command)
+app.command("history")(loop.history_command)
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,88 @@
+"""`harness loop` and `harness history`: the train -> evaluate -> compare -> report -> gate loop and its past runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from harness.cli.options import JudgeKeyOption, JudgeModelOption, console, err_console, user_errors
+from harness.cli.tables import headline_table
+from harness.core.errors import HarnessError
+
+
+@user_errors
+def loop_command(
+    data: Annotated[Path, typer.Option(help="Training data file")],
+    suite: Annotated[Path, typer.Option(help="Suite YAML: tasks, forgetting tasks, pairwise judge, gate")],
+    train_config: Annotated[Path | None, typer.Option(help="Training config YAML")] = None,
+    gate: Annotated[Path | None, typer.Option(help="Gate rules (default: the suite's)")] = None,
+    judge: Annotated[str | None, typer.Option(help="'local' (starts SmolLM2 on 127.0.0.1) or a base URL")] = None,
+    judge_model: JudgeModelOption = None,
+    judge_api_key_env: JudgeKeyOption = "OPENAI_API_KEY",
+    workdir: Annotated[Path, typer.Option(help="Adapters, runs, reports, cache and history")] = Path("loop"),
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+) -> None:
+    """Train (or reuse) an adapter on --data, evaluate base and tuned on the suite, compare, report, gate."""
+    from adapters.config import load_train_config
+    from harness.loop import LoopOptions, run_loop
+    from harness.loop.suite import load_suite
+
+    options = LoopOptions(
+        data=data,
+        suite=load_suite(suite),
+        train_config=load_train_config(train_config, {}),
+        workdir=workdir,
+        gate=gate,
+        judge=judge,
+        judge_model=judge_model,
+        judge_api_key_env=judge_api_key_env,
+        batch_size=batch_size,
+    )
+    if not data.is_file():
+        raise HarnessError("training data not found", path=data, field="--data")
+    outcome = run_loop(options, err_console)
+    console.print(headline_table(outcome.comparison))
+    console.print(
+        f"training steps: {outcome.training_steps}   model calls: {outcome.model_calls}   "
+        f"judge calls: {outcome.judge_calls}"
+    )
+    console.print(f"report: {outcome.report_dir / 'report.html'}  (Markdown: {outcome.report_dir / 'report.md'})")
+    if outcome.gate:
+        console.print(f"gate: {'passed' if outcome.passed else '[red]FAILED[/]'}")
+        if not outcome.passed:
+            raise typer.Exit(1)
+
+
+@user_errors
+def history_command(
+    workdir: Annotated[Path, typer.Option(help="The loop's working folder")] = Path("loop"),
+) -> None:
+    """Past loop runs: when, which data, whether it trained, and headline metrics."""
+    from harness.loop import read_history
+
+    entries = read_history(workdir)
+    if not entries:
+        raise HarnessError("no loop runs recorded yet", path=workdir / "history.jsonl")
+    keys = list(entries[-1]["headline"])[:4]
+    table = Table("loop run", "data", "fingerprint", "steps", "model calls", "gate", *keys)
+    for entry in entries:
+        gate = {None: "–", True: "pass", False: "FAIL"}[entry["gate_passed"]]
+        table.add_row(
+            entry["loop_id"],
+            Path(entry["data"]).name,
+            entry["data_fingerprint"][:10],
+            str(entry["training_steps"]),
+            str(entry["model_calls"]),
+            gate,
+            *(format_value(entry["headline"].get(k, {}).get("candidate")) for k in keys),
+        )
+    console.print(table)
+
+
+def format_value(value: float | None) -> str:
+    from reports.markdown import format_number
+
+    return format_number(value)

@@ -1,0 +1,91 @@
+"""What the command groups share: consoles, option types defined once, user-error handling, reading inputs."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from harness.backends.hf import ModelOptions
+from harness.core.errors import HarnessError
+from harness.core.record import RunResult
+from harness.core.yamlfile import first_error
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TasksDirOption = Annotated[list[Path] | None, typer.Option("--tasks-dir", help="Extra folder of task YAML files")]
+JudgeModelOption = Annotated[str | None, typer.Option(help="Judge model name at --judge-base-url")]
+JudgeUrlOption = Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1")]
+JudgeKeyOption = Annotated[str, typer.Option(help="Environment variable holding the judge API key")]
+JudgeConcurrencyOption = Annotated[int, typer.Option(min=1, help="Judge requests in flight at once")]
+JudgeTimeoutOption = Annotated[float, typer.Option(min=0.1, help="Seconds per judge request")]
+RubricsDirOption = Annotated[list[Path] | None, typer.Option("--rubrics-dir", help="Extra folder of rubric YAML files")]
+
+
+def user_errors(fn: F) -> F:
+    """Print a HarnessError as one clear line and exit 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HarnessError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def endpoint_from_flags(
+    model: str | None, base_url: str | None, api_key_env: str, concurrency: int, timeout: float
+) -> Any:
+    """The judge endpoint the --judge-* flags describe; both a model and a base URL are needed."""
+    from judges.client import JudgeEndpoint
+
+    if not model or not base_url:
+        raise HarnessError(
+            "these tasks list judges: pass --judge-model and --judge-base-url (or --skip-judges)",
+            field="--judge-base-url",
+        )
+    return JudgeEndpoint(
+        model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout
+    )
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; anything else is a user error naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise HarnessError(f"not readable JSON: {error}", path=path) from None
+    if not isinstance(value, dict):
+        raise HarnessError("expected a JSON object", path=path)
+    return value
+
+
+def read_run(path: Path) -> RunResult:
+    """A RunResult from a results.json; an unreadable one is a user error naming the file."""
+    try:
+        return RunResult.read(path)
+    except (OSError, ValueError, ValidationError) as error:
+        raise HarnessError(f"not a readable results.json: {str(error).splitlines()[0]}", path=path) from None
+
+
+def model_options(**flags: str | bool) -> ModelOptions:
+    """ModelOptions from command-line flags; a bad value is a user error naming its flag."""
+    flags["name"] = flags.pop("model")
+    try:
+        return ModelOptions.model_validate(flags)
+    except ValidationError as error:
+        location, message = first_error(error)
+        flag = "--model" if location[0] == "name" else f"--{location[0]}"
+        raise HarnessError(message, field=flag) from None

@@ -1,0 +1,136 @@
+"""`harness` commands that read run records: compare, gate, baselines, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from harness.cli.options import console, read_json, read_run, user_errors
+from harness.cli.tables import headline_table, results_table
+from harness.core.errors import HarnessError
+from harness.core.record import RunResult
+
+
+@user_errors
+def compare_command(
+    runs: Annotated[
+        list[Path], typer.Argument(help="results.json files (or baselines/NAME.json); the first is the baseline")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html and comparison.json")] = Path("report"),
+    pairwise: Annotated[
+        Path | None, typer.Option(help="Pairwise judge JSON (harness judge pairwise) to include")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Paired comparison of runs per task and metric; writes Markdown, HTML and JSON reports."""
+    from harness.comparison.compare import compare_runs
+
+    comparison = compare_runs([read_run(path) for path in runs], seed, read_json(pairwise) if pairwise else None)
+    _write_reports(comparison, out, [])
+    console.print(headline_table(comparison))
+    console.print(f"reports: {out}/report.md  {out}/report.html  {out}/comparison.json")
+
+
+@user_errors
+def gate_command(
+    baseline: Annotated[Path, typer.Option(help="Baseline results.json, or a saved baseline's name")],
+    candidate: Annotated[Path, typer.Option(help="Candidate results.json")],
+    rules: Annotated[Path, typer.Option(help="Gate rules YAML")],
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the reports")] = Path("report"),
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Exit 0 if the candidate passes every rule against the baseline, else 1; writes JUnit and Markdown."""
+    from harness.comparison.compare import compare_runs
+    from harness.comparison.gate import load_rules, run_gate
+    from harness.core.record import write_atomic
+    from reports.junit import render_junit
+
+    gate_rules = load_rules(rules)
+    comparison = compare_runs([read_run(_baseline_path(baseline)), read_run(candidate)], seed)
+    outcomes = run_gate(gate_rules, comparison.comparisons[0])
+    _write_reports(comparison, out, outcomes)
+    if junit:
+        write_atomic(junit, render_junit(outcomes))
+    table = Table("rule", "result", "detail", title="gate")
+    for outcome in outcomes:
+        table.add_row(
+            f"{outcome.rule.task}/{outcome.rule.metric}", "pass" if outcome.passed else "[red]FAIL[/]", outcome.message
+        )
+    console.print(table)
+    if not all(outcome.passed for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Send run results to other tools.")
+
+
+def export_opik_run(run_result: RunResult, project: str | None) -> None:
+    from reports.opik_export import export_run
+
+    summary = export_run(run_result, project)
+    console.print(f"opik: {summary.items} items in experiments {', '.join(summary.experiments.values())}")
+
+
+@export_app.command("opik")
+@user_errors
+def export_opik(
+    run: Annotated[Path, typer.Argument(help="results.json to export")],
+    project: Annotated[str | None, typer.Option(help="Opik project (default: the Opik configuration's)")] = None,
+) -> None:
+    """Export a run to Opik: dataset, experiment with the run spec as config, per-item feedback scores."""
+    export_opik_run(read_run(run), project)
+
+
+baseline_app = typer.Typer(no_args_is_help=True, help="Named baselines kept as files in your repository.")
+BASELINE_DIR = Path("baselines")
+
+
+def _baseline_path(name_or_path: Path) -> Path:
+    if name_or_path.exists():
+        return name_or_path
+    saved = BASELINE_DIR / f"{name_or_path}.json"
+    if saved.exists():
+        return saved
+    raise HarnessError(
+        "no such run file or saved baseline",
+        path=name_or_path,
+        field="--baseline",
+        hint=f"save one with: harness baseline save NAME RUN (kept in {BASELINE_DIR}/)",
+    )
+
+
+@baseline_app.command("save")
+@user_errors
+def baseline_save(
+    name: Annotated[str, typer.Argument(help="Baseline name, e.g. main")],
+    run: Annotated[Path, typer.Argument(help="results.json to keep")],
+) -> None:
+    """Keep a run as baselines/NAME.json so CI can compare branches against it."""
+    from harness.core.record import write_atomic
+
+    run_result = read_run(run)
+    target = BASELINE_DIR / f"{name}.json"
+    write_atomic(target, run_result.model_dump_json(indent=2))
+    console.print(f"baseline '{name}': {target} (run {run_result.run_id})")
+
+
+@baseline_app.command("show")
+@user_errors
+def baseline_show(name: Annotated[str, typer.Argument(help="Baseline name")]) -> None:
+    """Print a saved baseline's headline metrics."""
+    run_result = read_run(_baseline_path(Path(name)))
+    console.print(results_table(run_result, f"baseline '{name}': run {run_result.run_id}"))
+
+
+def _write_reports(comparison: Any, out: Path, outcomes: list[Any]) -> None:
+    from harness.core.record import write_atomic
+    from reports.html import render_html
+    from reports.markdown import render_markdown
+
+    write_atomic(out / "comparison.json", comparison.model_dump_json(indent=2))
+    write_atomic(out / "report.md", render_markdown(comparison, outcomes))
+    write_atomic(out / "report.html", render_html(comparison, outcomes))

@@ -1,0 +1,114 @@
+"""`harness tasks` and `harness run`: list the registered tasks, evaluate a model and its adapters on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from harness.cli.options import (
+    JudgeConcurrencyOption,
+    JudgeKeyOption,
+    JudgeModelOption,
+    JudgeTimeoutOption,
+    JudgeUrlOption,
+    RubricsDirOption,
+    TasksDirOption,
+    console,
+    endpoint_from_flags,
+    err_console,
+    model_options,
+    user_errors,
+)
+from harness.cli.tables import results_table
+
+
+@user_errors
+def list_tasks(tasks_dir: TasksDirOption = None) -> None:
+    """List registered tasks: name, kind, metrics, size, description."""
+    from harness.core.data import read_rows
+    from harness.evaluation.catalog import find_tasks
+
+    table = Table("task", "kind", "metrics", "size", "description")
+    for name, spec in sorted(find_tasks(tasks_dir or []).items()):
+        size = str(len(read_rows(spec.data, spec.data_format)))
+        table.add_row(name, spec.kind, ", ".join(m.name for m in spec.metrics), size, spec.description)
+    console.print(table)
+
+
+@user_errors
+def run(
+    tasks: Annotated[str, typer.Option(help="Comma-separated task names (see `harness tasks`)")],
+    model: Annotated[
+        str, typer.Option(help="'gemma-3-270m' (embedded) or a local HF checkpoint folder")
+    ] = "gemma-3-270m",
+    adapter: Annotated[list[Path] | None, typer.Option(help="PEFT adapter folder; repeat for several")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples per task")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for runs/<run-id>/results.json")] = Path("runs"),
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    dtype: Annotated[str, typer.Option(help="auto|float32|bfloat16|float16")] = "auto",
+    device: Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N")] = "auto",
+    quant: Annotated[str, typer.Option(help="none|nf4|int8 (bitsandbytes)")] = "none",
+    attention: Annotated[str, typer.Option(help="auto|eager|sdpa|flex_attention|cudnn")] = "auto",
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the decoder (GPU: faster scoring and decoding)")
+    ] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    cache: Annotated[bool, typer.Option(help="Reuse and store per-sample results")] = True,
+    cache_path: Annotated[Path | None, typer.Option(help="SQLite cache file (default: the user cache dir)")] = None,
+    tasks_dir: TasksDirOption = None,
+    judge_model: JudgeModelOption = None,
+    judge_base_url: JudgeUrlOption = None,
+    judge_api_key_env: JudgeKeyOption = "OPENAI_API_KEY",
+    judge_concurrency: JudgeConcurrencyOption = 4,
+    judge_timeout: JudgeTimeoutOption = 60.0,
+    rubrics_dir: RubricsDirOption = None,
+    skip_judges: Annotated[bool, typer.Option(help="Run tasks that list judges without judging")] = False,
+    opik: Annotated[bool, typer.Option(help="Also export each run to Opik (needs the opik extra and config)")] = False,
+) -> None:
+    """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
+    from harness.backends import distributed
+    from harness.backends.hf import load_model
+    from harness.core.cache import ResultCache
+    from harness.evaluation.catalog import get_tasks
+    from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
+
+    distributed.init_from_env()  # under torchrun / accelerate launch: samples are sharded across processes
+    options = model_options(
+        model=model, dtype=dtype, device=device, quant=quant, attention=attention, compile=compile_model
+    )
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    specs = get_tasks(names, tasks_dir or [])
+    prepared = prepare_tasks(specs, limit)
+    result_cache = ResultCache(cache_path or ResultCache.default_path()) if cache else ResultCache(None)
+    judge = None
+    if any(spec.judges for spec in specs) and not skip_judges:
+        endpoint = endpoint_from_flags(judge_model, judge_base_url, judge_api_key_env, judge_concurrency, judge_timeout)
+        judge = _rubric_judge(endpoint, result_cache, rubrics_dir or [], seed)
+        judge.check(specs)
+    run_options = RunOptions(limit=limit, batch_size=batch_size, seed=seed, judge=judge)
+    loaded = load_model(options)
+    adapter_names: list[str | None] = [loaded.load_adapter(path) for path in adapter or []] or [None]
+    for adapter_name in adapter_names:
+        with loaded.activate(adapter_name):
+            run_result = evaluate(loaded, prepared, result_cache, run_options, err_console)
+        if not distributed.is_main():
+            continue
+        results_path = run_result.write(out / run_result.run_id / "results.json")
+        label = f"{model}" + (f" + {loaded.adapters[adapter_name].path.name}" if adapter_name else "")
+        console.print(results_table(run_result, f"{label}  ({run_result.wall_seconds:.1f} s)"))
+        console.print(f"results: {results_path}")
+        if opik:
+            from harness.cli.reports import export_opik_run
+
+            export_opik_run(run_result, None)
+    result_cache.close()
+
+
+def _rubric_judge(endpoint: Any, result_cache: Any, rubrics_dir: list[Path], seed: int) -> Any:
+    from judges.client import JudgeClient
+    from judges.scoring import RubricJudge
+
+    return RubricJudge(JudgeClient(endpoint, result_cache), rubrics_dir, seed)

@@ -1,0 +1,52 @@
+"""Tables the commands print: a run's metrics, a comparison's headline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Column, Table
+
+from harness.core.record import RunResult
+
+
+def _format_metric(value: float, stderr: float | None) -> str:
+    text = f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return f"{text} ± {stderr:.2g}" if stderr is not None else text
+
+
+def results_table(run_result: RunResult, title: str) -> Table:
+    """One row per task and metric, with bootstrap standard errors."""
+    table = Table("task", "metric", "value", "n", "cached", title=title)
+    for task_name, task_result in run_result.tasks.items():
+        for key, metric_value in task_result.metrics.items():
+            table.add_row(
+                task_name,
+                key,
+                _format_metric(metric_value.value, metric_value.stderr),
+                str(task_result.n_samples),
+                str(task_result.n_cached),
+            )
+    return table
+
+
+def headline_table(comparison: Any) -> Table:
+    from reports.markdown import format_number, significance_marker
+
+    table = Table("baseline", "candidate", "delta", "95% CI", "p", "")
+    # Task and metric names wrap rather than being cut to "notice…" in a narrow terminal.
+    table.columns.insert(0, Column("metric", overflow="fold"))
+    table.columns.insert(0, Column("task", overflow="fold"))
+    for run_comparison in comparison.comparisons:
+        for task in run_comparison.tasks.values():
+            for m in task.metrics:
+                table.add_row(
+                    task.task,
+                    m.metric,
+                    format_number(m.baseline),
+                    format_number(m.candidate),
+                    f"{m.delta:+.4g}",
+                    f"[{format_number(m.ci_low)}, {format_number(m.ci_high)}]",
+                    format_number(m.p_value),
+                    significance_marker(m),
+                )
+    return table

@@ -1,0 +1,128 @@
+"""Task specifications: the pydantic model behind a task YAML, and loading it with errors that name the field.
+
+A YAML task:
+
+    name: factual_qa
+    description: Short factual questions
+    kind: generate                 # or perplexity
+    data: data/factual_qa.jsonl    # JSONL, CSV, parquet or a saved HF dataset dir; relative to this file
+    template: "Q: {{ question }}\\nA:"
+    reference_field: answers       # a string or a list of strings per row
+    metrics: [exact_match, f1]     # or {name: rouge, options: {use_stemmer: true}}
+    generation: {max_new_tokens: 16, stop: ["\\n"]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from harness.core.fingerprint import hash_json
+from harness.core.yamlfile import FieldError
+
+DataFormat = Literal["auto", "jsonl", "csv", "parquet", "hf_disk"]
+
+
+class GenerationConfig(BaseModel):
+    """Decoding settings. temperature 0 means greedy; otherwise sampling seeded by `seed`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(32, gt=0, le=4096)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int = 0
+
+
+class MetricConfig(BaseModel):
+    """A metric by registered name, with keyword options for its function."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class JudgeConfig(BaseModel):
+    """An LLM-as-judge scorer: a rubric by name or path, plus the style a style rubric compares against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rubric: str
+    style: str | None = None
+    style_examples: list[str] = Field(default_factory=list)
+
+
+class PerplexityConfig(BaseModel):
+    """Rolling-window settings: windows of `max_length` tokens advancing by `stride`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_length: int = Field(1024, gt=1)
+    stride: int = Field(512, gt=0)
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> PerplexityConfig:
+        if self.stride > self.max_length:
+            raise FieldError("stride", "stride must not exceed max_length")
+        return self
+
+
+def _expand_shorthand(value: Any, key: str) -> Any:
+    """A YAML list may name an entry by a bare string: `[bleu]` stands for `[{name: bleu}]`."""
+    if isinstance(value, list):
+        return [{key: item} if isinstance(item, str) else item for item in value]
+    return value
+
+
+class TaskSpec(BaseModel):
+    """One evaluation task: data, prompt, kind, scorers and decoding settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    version: int = 1
+    kind: Literal["generate", "perplexity"]
+    data: Path
+    data_format: DataFormat = "auto"
+    id_field: str | None = None
+    template: str = "{{ text }}"
+    reference_field: str | None = None
+    chat_template: bool = False
+    fewshot: list[dict[str, Any]] = Field(default_factory=list)
+    fewshot_separator: str = "\n\n"
+    target_delimiter: str = " "  # between a few-shot prompt and its answer
+    metrics: list[MetricConfig] = Field(min_length=1)
+    judges: list[JudgeConfig] = Field(default_factory=list)
+    generation: GenerationConfig = GenerationConfig()
+    perplexity: PerplexityConfig = PerplexityConfig()
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_shorthand(cls, value: Any) -> Any:
+        return _expand_shorthand(value, "name")
+
+    @field_validator("judges", mode="before")
+    @classmethod
+    def _judge_shorthand(cls, value: Any) -> Any:
+        return _expand_shorthand(value, "rubric")
+
+    @model_validator(mode="after")
+    def _generate_needs_reference(self) -> TaskSpec:
+        if self.kind == "generate" and not self.reference_field:
+            raise FieldError("reference_field", "a generate task needs reference_field")
+        if self.kind == "perplexity" and self.judges:
+            raise FieldError("judges", "judges score generated text: a perplexity task cannot list judges")
+        return self
+
+    def fingerprint(self, data_fingerprint: str) -> str:
+        """Task identity: data content, template, metric config, decoding settings, version."""
+        return hash_json(
+            {"spec": self.model_dump(mode="json", exclude={"description", "data"}), "data": data_fingerprint}
+        )

@@ -1,0 +1,107 @@
+"""The task catalog: YAML task files found on a search path (the built-in `tasks/` folder, folders added with
+`add_search_path` or `--tasks-dir`) and the `@task` functions of the registry, each validated against the
+registered metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import tasks
+from harness.core.errors import HarnessError
+from harness.core.registry import registered_tasks
+from harness.core.taskspec import TaskSpec
+from harness.core.yamlfile import read_mapping, validate, yaml_line
+from harness.metrics import get_metric
+
+_SEARCH_PATHS: list[Path] = []
+
+
+def builtin_task_dir() -> Path:
+    """The folder of the built-in task files (the `tasks` package)."""
+    return Path(tasks.__file__).parent
+
+
+def add_search_path(folder: Path) -> None:
+    """Add a user folder of task YAML (and @task Python) files to every later task lookup."""
+    if folder not in _SEARCH_PATHS:
+        _SEARCH_PATHS.append(folder)
+
+
+def load_task_file(path: Path) -> TaskSpec:
+    """Parse and validate one task YAML; errors name the file, line and field."""
+    raw, root = read_mapping(path, "a task file")
+    spec = validate(TaskSpec, {"name": path.stem, **raw}, path, root)
+    data_path = spec.data if spec.data.is_absolute() else path.parent / spec.data
+    spec = spec.model_copy(update={"data": data_path, "source": path})
+    for index, metric_config in enumerate(spec.metrics):
+        metric_def = get_metric(metric_config.name, path=path, field_name=f"metrics.{index}")
+        if metric_def.kind != spec.kind:
+            raise HarnessError(
+                f"metric '{metric_def.name}' scores {metric_def.kind} tasks, not {spec.kind} tasks",
+                path=path,
+                line=yaml_line(root, ("metrics", index)),
+                field=f"metrics.{index}",
+            )
+        unknown = sorted(set(metric_config.options) - set(metric_def.option_names()))
+        if unknown:
+            raise HarnessError(
+                f"unknown option(s) {', '.join(unknown)} for metric '{metric_def.name}'",
+                path=path,
+                line=yaml_line(root, ("metrics", index, "options")),
+                field=f"metrics.{index}.options",
+                hint=f"it takes: {', '.join(metric_def.option_names()) or 'no options'}",
+            )
+    return spec
+
+
+@functools.cache
+def _import_user_module(module_path: Path) -> None:
+    """Run a task folder's Python module once per process (its @metric and @task register on import)."""
+    spec = importlib.util.spec_from_file_location(f"harness_user_tasks.{module_path.stem}", module_path)
+    if spec is None or spec.loader is None:
+        raise HarnessError("cannot import task module", path=module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+@functools.cache
+def _load_builtin_python_tasks() -> None:
+    for module_path in sorted(builtin_task_dir().glob("*.py")):
+        if module_path.stem != "__init__":
+            importlib.import_module(f"tasks.{module_path.stem}")
+
+
+def find_tasks(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskSpec]:
+    """Every task: YAML files in `tasks/`, the search path and `extra_dirs`, plus the `@task` functions.
+    Later folders win."""
+    _load_builtin_python_tasks()
+    found: dict[str, TaskSpec] = {}
+    for task_dir in [builtin_task_dir(), *_SEARCH_PATHS, *extra_dirs]:
+        if not task_dir.is_dir():
+            raise HarnessError("task folder does not exist", path=task_dir, field="--tasks-dir")
+        for module_path in sorted(task_dir.glob("*.py")) if task_dir != builtin_task_dir() else []:
+            _import_user_module(module_path.resolve())
+        for yaml_path in sorted([*task_dir.glob("*.yaml"), *task_dir.glob("*.yml")]):
+            spec = load_task_file(yaml_path)
+            found[spec.name] = spec
+    for name, build in registered_tasks().items():
+        found[name] = build()
+    return found
+
+
+def get_tasks(names: Sequence[str], extra_dirs: Iterable[Path] = ()) -> list[TaskSpec]:
+    """The named tasks in order; an unknown name is a user error listing the known ones."""
+    known = find_tasks(extra_dirs)
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise HarnessError(
+            f"unknown task(s): {', '.join(missing)}",
+            field="--tasks",
+            hint=f"known tasks: {', '.join(sorted(known))}",
+        )
+    return [known[name] for name in names]

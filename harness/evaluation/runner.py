@@ -1,0 +1,323 @@
+"""The runner: tasks x model -> RunResult. Length-sorted batches, per-sample cache, resume after a kill.
+
+Model outputs (generated text, log-likelihood statistics) are cached by what determines them: the model's
+fingerprint, the exact model input and the decoding or windowing settings. Metrics are pure and cheap, so they
+are recomputed from those outputs on every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from harness.backends import distributed, hf_requests
+from harness.backends.hf import LoadedModel
+from harness.core.cache import ResultCache
+from harness.core.data import Sample, load_samples
+from harness.core.record import (
+    MetricValue,
+    ModelRunSpec,
+    RunResult,
+    RunSpec,
+    SampleRecord,
+    TaskResult,
+    TaskRunSpec,
+)
+from harness.core.registry import SampleStats
+from harness.core.taskspec import TaskSpec
+from harness.metrics import get_metric
+from harness.metrics.stats import bootstrap
+
+B = TypeVar("B")  # a batch, as pipelined() hands it to its callbacks
+R = TypeVar("R")  # a batch's results
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    limit: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    bootstrap_resamples: int = 1000
+    judge: TaskJudge | None = None
+
+
+@dataclass
+class JudgedTask:
+    """What a judge adds to a task's results: per-sample scores and judgments, and corpus values."""
+
+    sample_scores: list[dict[str, float]]
+    sample_judgments: list[dict[str, Any]]
+    metrics: dict[str, MetricValue]
+    calls: int
+
+
+class TaskJudge(Protocol):
+    """Scores generated outputs with the task's judges (implemented in `judges/`)."""
+
+    def __call__(self, spec: TaskSpec, samples: Sequence[Sample], predictions: Sequence[str]) -> JudgedTask: ...
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task with its data loaded and checked, before any model work starts."""
+
+    spec: TaskSpec
+    samples: list[Sample]
+    data_fingerprint: str
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint(self.data_fingerprint)
+
+
+def prepare_tasks(specs: Sequence[TaskSpec], limit: int | None) -> list[PreparedTask]:
+    """Load every task's data up front so bad input fails before the model loads and before anything is written."""
+    prepared = []
+    for spec in specs:
+        samples, data_fingerprint = load_samples(spec)
+        prepared.append(PreparedTask(spec, samples[:limit] if limit else samples, data_fingerprint))
+    return prepared
+
+
+def _model_input(loaded: LoadedModel, task: PreparedTask, sample: Sample) -> str:
+    if task.spec.kind == "generate" and task.spec.chat_template:
+        messages = [{"role": "user", "content": sample.prompt}]
+        return str(loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return sample.prompt
+
+
+def _cache_key(loaded: LoadedModel, task: PreparedTask, model_input: str) -> str:
+    spec = task.spec
+    settings = spec.generation.model_dump() if spec.kind == "generate" else spec.perplexity.model_dump()
+    return ResultCache.key(
+        model=loaded.fingerprint,
+        kind=spec.kind,
+        input=model_input,
+        settings=settings,
+        chat=spec.chat_template,
+    )
+
+
+def _launch_batch(
+    loaded: LoadedModel, task: PreparedTask, inputs: list[str], batch_size: int
+) -> Callable[[], list[dict[str, Any]]]:
+    """Start one batch and return a function that gives its results: generation finishes here, while perplexity
+    is only queued on the device (hf_requests.queue_rolling) and read back when the results are asked for."""
+    spec = task.spec
+    if spec.kind == "generate":
+        outputs = hf_requests.generate(loaded, inputs, spec.generation, chat=spec.chat_template)
+        return lambda: [{"output": text} for text in outputs]
+    pending = hf_requests.queue_rolling(loaded, inputs, spec.perplexity.max_length, spec.perplexity.stride, batch_size)
+    return lambda: [{"nll": s.nll, "tokens": s.tokens, "bytes": s.bytes} for s in pending()]
+
+
+def pipelined(
+    batches: Sequence[B],
+    launch: Callable[[B], Callable[[], R]],
+    store: Callable[[B, R], None],
+    in_flight: int,
+) -> None:
+    """Launch each batch and store its results, keeping up to `in_flight` launched batches unstored: the next batch
+    is queued on the device before the previous one's results are read back. On any failure, every batch already
+    launched is still stored."""
+    queue: deque[tuple[B, Callable[[], R]]] = deque()
+
+    def drain(keep: int) -> None:
+        while len(queue) > keep:
+            batch, results = queue.popleft()
+            store(batch, results())
+
+    try:
+        for batch in batches:
+            queue.append((batch, launch(batch)))
+            drain(in_flight)
+    finally:
+        drain(0)
+
+
+def _model_outputs(
+    loaded: LoadedModel, task: PreparedTask, cache: ResultCache, options: RunOptions, progress: Progress
+) -> tuple[list[str], list[dict[str, Any]], set[int]]:
+    """Model inputs, outputs and the indices served from the cache, computing only what the cache lacks."""
+    inputs = [_model_input(loaded, task, sample) for sample in task.samples]
+    keys = [_cache_key(loaded, task, text) for text in inputs]
+    found = cache.get_many(keys)
+    cached = {i for i, key in enumerate(keys) if key in found}
+    bar = progress.add_task(task.spec.name, total=len(inputs), completed=len(cached))
+    pending = sorted((i for i in range(len(inputs)) if i not in cached), key=lambda i: -len(inputs[i]))
+    mine = distributed.shard(pending)  # under a launcher each rank takes its share; all ranks get every result
+    computed: dict[str, Any] = {}
+
+    def store(batch: list[int], results: list[dict[str, Any]]) -> None:
+        fresh = {keys[i]: result for i, result in zip(batch, results, strict=True)}
+        cache.put_many(fresh)
+        computed.update(fresh)
+        progress.advance(bar, len(batch) * distributed.world_size())
+
+    # Perplexity keeps one batch in flight (host and device work overlap); generation caches each batch as it comes.
+    batches = [mine[start : start + options.batch_size] for start in range(0, len(mine), options.batch_size)]
+    pipelined(
+        batches,
+        lambda batch: _launch_batch(loaded, task, [inputs[i] for i in batch], options.batch_size),
+        store,
+        in_flight=1 if task.spec.kind == "perplexity" else 0,
+    )
+    found.update(distributed.gather_dicts(computed))
+    return inputs, [found[key] for key in keys], cached
+
+
+def _score_task(
+    task: PreparedTask,
+    inputs: list[str],
+    outputs: list[dict[str, Any]],
+    cached: set[int],
+    options: RunOptions,
+) -> TaskResult:
+    spec = task.spec
+    predictions = [out.get("output", "") for out in outputs]
+    references = [sample.references for sample in task.samples]
+    stats = [SampleStats(out["nll"], out["tokens"], out["bytes"]) if "nll" in out else None for out in outputs]
+    records = []
+    for i, sample in enumerate(task.samples):
+        scores: dict[str, float] = {}
+        for metric_config in spec.metrics:
+            metric_def = get_metric(metric_config.name)
+            scores.update(metric_def.score(metric_config.options, predictions[i], sample.references, stats[i]))
+        records.append(
+            SampleRecord(
+                id=sample.id,
+                prompt=inputs[i],
+                output=predictions[i] if spec.kind == "generate" else None,
+                references=sample.references,
+                scores=scores,
+                cached=i in cached,
+            )
+        )
+    metrics: dict[str, MetricValue] = {}
+    for metric_config in spec.metrics:
+        metric_def, metric_options = get_metric(metric_config.name), metric_config.options
+        rows = metric_def.sufficient_stats(metric_options, [r.scores for r in records], predictions, references)
+        values = metric_def.corpus_value(metric_options, [sum(column) for column in zip(*rows, strict=True)])
+        spreads = bootstrap(
+            rows,
+            functools.partial(metric_def.corpus_value, metric_options),
+            n_resamples=options.bootstrap_resamples,
+            seed=options.seed,
+        )
+        signature = metric_def.signature(predictions, references, **metric_options) if metric_def.signature else None
+        for key, value in values.items():
+            informational = key in metric_def.info_keys
+            spread = None if informational else spreads.get(key)
+            metrics[key] = MetricValue(
+                value=value,
+                metric=metric_def.name,
+                signature=signature,
+                higher_is_better=None if informational else metric_def.higher_is_better,
+                stderr=spread.stderr if spread else None,
+                ci_low=spread.ci_low if spread else None,
+                ci_high=spread.ci_high if spread else None,
+            )
+    judge_calls = 0
+    if spec.judges and options.judge is not None and distributed.is_main():
+        judged = options.judge(spec, task.samples, predictions)
+        for record, scores, judgments in zip(records, judged.sample_scores, judged.sample_judgments, strict=True):
+            record.scores.update(scores)
+            record.judgments.update(judgments)
+        metrics.update(judged.metrics)
+        judge_calls = judged.calls
+    return TaskResult(
+        task=spec.name,
+        n_samples=len(records),
+        n_cached=len(cached),
+        judge_calls=judge_calls,
+        metrics=metrics,
+        samples=records,
+    )
+
+
+def _git_sha() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def _training_manifest(adapter_dir: Path) -> dict[str, Any] | None:
+    path = adapter_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOptions) -> RunSpec:
+    adapter = loaded.adapters.get(loaded.active_adapter) if loaded.active_adapter else None
+    model_spec = ModelRunSpec(
+        name=loaded.options.name,
+        checkpoint=str(loaded.checkpoint),
+        fingerprint=loaded.fingerprint,
+        base_fingerprint=loaded.base_fingerprint,
+        adapter_path=str(adapter.path) if adapter else None,
+        adapter_fingerprint=adapter.fingerprint if adapter else None,
+        training=_training_manifest(adapter.path) if adapter else None,
+        dtype=str(loaded.options.resolved_dtype()).removeprefix("torch."),
+        device=loaded.device.type,
+        quant=loaded.options.quant,
+    )
+    task_specs = [
+        TaskRunSpec(
+            name=t.spec.name,
+            version=t.spec.version,
+            kind=t.spec.kind,
+            fingerprint=t.fingerprint,
+            data_fingerprint=t.data_fingerprint,
+            data_path=str(t.spec.data),
+            config=t.spec.model_dump(mode="json", exclude={"data", "description"}),
+        )
+        for t in tasks
+    ]
+    return RunSpec(
+        model=model_spec,
+        tasks=task_specs,
+        limit=options.limit,
+        seed=options.seed,
+        harness_version=version("harness"),
+        world_size=distributed.world_size(),
+        git_sha=_git_sha(),
+    )
+
+
+def evaluate(
+    loaded: LoadedModel,
+    tasks: Sequence[PreparedTask],
+    cache: ResultCache,
+    options: RunOptions,
+    console: Console | None = None,
+) -> RunResult:
+    """Evaluate the active model (base or adapter) on prepared tasks; nothing is written here but the cache."""
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    results = {}
+    with Progress(*columns, console=console or Console(stderr=True), disable=not distributed.is_main()) as progress:
+        for task in tasks:
+            inputs, outputs, cached = _model_outputs(loaded, task, cache, options, progress)
+            results[task.spec.name] = _score_task(task, inputs, outputs, cached, options)
+    created_at = datetime.now(timezone.utc)
+    return RunResult(
+        run_id=f"{created_at:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
+        created_at=created_at,
+        spec=_run_spec(loaded, tasks, options),
+        wall_seconds=time.perf_counter() - started,
+        tasks=results,
+    )

@@ -1,0 +1,74 @@
+"""Task data through `datasets`: JSONL, CSV, parquet and a saved dataset dir give the same samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from harness.backends.hf import ModelOptions, load_model, resolve_checkpoint
+from harness.core.data import build_samples, read_rows
+from harness.core.errors import HarnessError
+from harness.core.taskspec import TaskSpec
+
+ROWS = [{"id": "a", "question": "Q1?", "answer": "x"}, {"id": "b", "question": "Q2?", "answer": "y"}]
+
+
+def spec_for(data: Path, **fields: object) -> TaskSpec:
+    base = {
+        "name": "t",
+        "kind": "generate",
+        "data": data,
+        "template": "Q: {{ question }}\nA:",
+        "reference_field": "answer",
+        "id_field": "id",
+        "metrics": ["exact_match"],
+    }
+    return TaskSpec.model_validate({**base, **fields})
+
+
+@pytest.fixture
+def data_files(tmp_path: Path) -> dict[str, Path]:
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    dataset = datasets.Dataset.from_list(ROWS)
+    dataset.to_csv(tmp_path / "rows.csv", index=False)
+    dataset.to_parquet(tmp_path / "rows.parquet")
+    dataset.save_to_disk(tmp_path / "rows_dataset")
+    return {
+        "jsonl": jsonl,
+        "csv": tmp_path / "rows.csv",
+        "parquet": tmp_path / "rows.parquet",
+        "hf_disk": tmp_path / "rows_dataset",
+    }
+
+
+@pytest.mark.parametrize("data_format", ["jsonl", "csv", "parquet", "hf_disk"])
+def test_every_format_gives_the_same_samples(data_files: dict[str, Path], data_format: str) -> None:
+    spec = spec_for(data_files[data_format])
+    samples = build_samples(spec, read_rows(spec.data))
+    assert [(s.id, s.prompt, s.references) for s in samples] == [("a", "Q: Q1?\nA:", ["x"]), ("b", "Q: Q2?\nA:", ["y"])]
+
+
+def test_csv_rows_report_file_lines(data_files: dict[str, Path]) -> None:
+    assert [row.line for row in read_rows(data_files["csv"])] == [2, 3]  # line 1 is the header
+
+
+def test_fewshot_examples_prefix_every_prompt(data_files: dict[str, Path]) -> None:
+    spec = spec_for(data_files["jsonl"], fewshot=[{"question": "Q0?", "answer": "w"}], fewshot_separator="\n---\n")
+    samples = build_samples(spec, read_rows(spec.data))
+    assert samples[0].prompt == "Q: Q0?\nA: w\n---\nQ: Q1?\nA:"
+
+
+def test_bad_template_syntax_names_the_field(data_files: dict[str, Path]) -> None:
+    spec = spec_for(data_files["jsonl"], template="{{ question ")
+    with pytest.raises(HarnessError, match="field 'template'"):
+        build_samples(spec, read_rows(spec.data))
+
+
+def test_a_local_checkpoint_folder_is_a_model() -> None:
+    embedded_dir = resolve_checkpoint("gemma-3-270m")
+    by_path = load_model(ModelOptions(name=str(embedded_dir)))
+    assert by_path.base_fingerprint == load_model(ModelOptions()).base_fingerprint
