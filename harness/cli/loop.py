@@ -27,8 +27,7 @@ def loop_command(
 ) -> None:
     """Train (or reuse) an adapter on --data, evaluate base and tuned on the suite, compare, report, gate."""
     from adapters.config import load_train_config
-    from harness.loop import LoopOptions, run_loop
-    from harness.loop.suite import load_suite
+    from harness.loop import LoopOptions, load_suite, run_loop
 
     options = LoopOptions(
         data=data,

@@ -6,12 +6,10 @@ registered metrics.
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import tasks
 from harness.core.errors import HarnessError
 from harness.core.registry import registered_tasks
 from harness.core.taskspec import TaskSpec
@@ -22,8 +20,10 @@ _SEARCH_PATHS: list[Path] = []
 
 
 def builtin_task_dir() -> Path:
-    """The folder of the built-in task files (the `tasks` package)."""
-    return Path(tasks.__file__).parent
+    """The folder of the built-in task files: `tasks/`, installed beside the `harness` package. Found by path, not
+    by importing `tasks`: under `python -m harness` (and torchrun) a `tasks/` folder in the working directory
+    would shadow that package."""
+    return Path(__file__).resolve().parents[2] / "tasks"
 
 
 def add_search_path(folder: Path) -> None:
@@ -60,7 +60,7 @@ def load_task_file(path: Path) -> TaskSpec:
 
 
 @functools.cache
-def _import_user_module(module_path: Path) -> None:
+def _import_task_module(module_path: Path) -> None:
     """Run a task folder's Python module once per process (its @metric and @task register on import)."""
     spec = importlib.util.spec_from_file_location(f"harness_user_tasks.{module_path.stem}", module_path)
     if spec is None or spec.loader is None:
@@ -69,23 +69,16 @@ def _import_user_module(module_path: Path) -> None:
     spec.loader.exec_module(module)
 
 
-@functools.cache
-def _load_builtin_python_tasks() -> None:
-    for module_path in sorted(builtin_task_dir().glob("*.py")):
-        if module_path.stem != "__init__":
-            importlib.import_module(f"tasks.{module_path.stem}")
-
-
 def find_tasks(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskSpec]:
     """Every task: YAML files in `tasks/`, the search path and `extra_dirs`, plus the `@task` functions.
     Later folders win."""
-    _load_builtin_python_tasks()
     found: dict[str, TaskSpec] = {}
     for task_dir in [builtin_task_dir(), *_SEARCH_PATHS, *extra_dirs]:
         if not task_dir.is_dir():
             raise HarnessError("task folder does not exist", path=task_dir, field="--tasks-dir")
-        for module_path in sorted(task_dir.glob("*.py")) if task_dir != builtin_task_dir() else []:
-            _import_user_module(module_path.resolve())
+        for module_path in sorted(task_dir.glob("*.py")):
+            if module_path.name != "__init__.py":
+                _import_task_module(module_path.resolve())
         for yaml_path in sorted([*task_dir.glob("*.yaml"), *task_dir.glob("*.yml")]):
             spec = load_task_file(yaml_path)
             found[spec.name] = spec

@@ -56,7 +56,7 @@ def _kernel() -> Any:
     return dequantize
 
 
-@torch.library.custom_op("adapters::nf4_dequantize", mutates_args=())
+@torch.library.custom_op("harness::nf4_dequantize", mutates_args=())
 def nf4_dequantize(
     packed: list[torch.Tensor],
     absmax: list[torch.Tensor],

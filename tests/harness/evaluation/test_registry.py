@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,28 @@ def test_user_folder_with_yaml_and_python_task(tmp_path: Path) -> None:
 def test_missing_tasks_dir_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="task folder does not exist"):
         find_tasks([tmp_path / "nope"])
+
+
+def test_a_task_folders_metric_survives_a_second_lookup(tmp_path: Path) -> None:
+    """A task folder's Python module runs once per process: looking tasks up twice (training checks leakage, then
+    evaluation scores) must not register its @metric twice."""
+    (tmp_path / "my_metrics.py").write_text(
+        "from harness import metric\n\n"
+        "@metric('test_twice_len')\n"
+        "def length(prediction: str, references: list[str]) -> float:\n"
+        "    return float(len(prediction))\n"
+    )
+    find_tasks([tmp_path])
+    find_tasks([tmp_path])
+    assert get_metric("test_twice_len").score({}, "abc", ["x"]) == {"test_twice_len": 3.0}
+
+
+def test_a_tasks_folder_in_the_working_directory_does_not_hide_the_builtin_tasks(tmp_path: Path) -> None:
+    """`python -m harness` (and torchrun -m harness) puts the working directory first on sys.path, where a user's own
+    `tasks/` folder would shadow the built-in `tasks` package: a real process in such a folder lists the built-ins."""
+    (tmp_path / "tasks").mkdir()
+    listing = subprocess.run(
+        [sys.executable, "-m", "harness", "tasks"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert "factual_qa" in listing.stdout and "general_english" in listing.stdout

@@ -103,7 +103,7 @@ def test_qlora_step_through_the_kernel_gives_the_same_gradients(
         with torch.profiler.profile() as profile:
             loss = supervised_nll(model.train(), batch)  # type: ignore[arg-type]
             loss.backward()
-        kernels = sum(e.count for e in profile.key_averages() if e.key == "adapters::nf4_dequantize")
+        kernels = sum(e.count for e in profile.key_averages() if e.key == "harness::nf4_dequantize")
         assert kernels == (10 if kernel else 0)  # q, k, v as one; o; gate; up; down: x 2 layers
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
     (loss, grads), (plain_loss, plain_grads) = results
