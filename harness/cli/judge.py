@@ -20,6 +20,7 @@ from harness.cli.options import (
     read_run,
     user_errors,
 )
+from harness.core.errors import HarnessError
 
 judge_app = typer.Typer(no_args_is_help=True, help="LLM-as-judge over run results.")
 
@@ -66,3 +67,8 @@ def judge_pairwise(
         )
     console.print(table)
     console.print(f"pairwise: {out}  ({result.judge_calls} judge calls)")
+    errors = [item.error for task in result.tasks.values() for item in task.items if item.error]
+    if errors and not any(task.n for task in result.tasks.values()):
+        raise HarnessError(
+            f"no pair was judged: all {len(errors)} failed (the first: {errors[0]})", field="--judge-base-url"
+        )

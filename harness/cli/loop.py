@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from harness.cli.options import JudgeKeyOption, JudgeModelOption, console, err_console, user_errors
+from harness.cli.options import EXIT_GATE_FAILED, JudgeKeyOption, JudgeModelOption, console, err_console, user_errors
 from harness.cli.tables import headline_table
 from harness.core.errors import HarnessError
 
@@ -52,7 +52,7 @@ def loop_command(
     if outcome.gate:
         console.print(f"gate: {'passed' if outcome.passed else '[red]FAILED[/]'}")
         if not outcome.passed:
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_GATE_FAILED)
 
 
 @user_errors

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -31,8 +32,14 @@ JudgeTimeoutOption = Annotated[float, typer.Option(min=0.1, help="Seconds per ju
 RubricsDirOption = Annotated[list[Path] | None, typer.Option("--rubrics-dir", help="Extra folder of rubric YAML files")]
 
 
+# Exit codes, the same for every command: CI tells a regression from a broken job by them.
+EXIT_GATE_FAILED = 1  # a gate rule failed (or `data check --strict` found something)
+EXIT_USAGE = 2  # bad input or usage: the message names the file, line and field (click's usage errors too)
+EXIT_INTERNAL = 3  # anything unexpected: a bug or a broken environment, with its traceback
+
+
 def user_errors(fn: F) -> F:
-    """Print a HarnessError as one clear line and exit 2, instead of a traceback."""
+    """Print a HarnessError as one clear line and exit 2; anything unexpected prints its traceback and exits 3."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,7 +47,13 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except HarnessError as error:
             err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_USAGE) from None
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception:
+            err_console.print_exception(show_locals=False)
+            err_console.print("[bold red]internal error[/] (exit 3): please report it with the traceback above")
+            raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
 

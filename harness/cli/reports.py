@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from harness.cli.options import console, read_json, read_run, user_errors
+from harness.cli.options import EXIT_GATE_FAILED, console, read_json, read_run, user_errors
 from harness.cli.tables import headline_table, results_table
 from harness.core.errors import HarnessError
 from harness.core.record import RunResult
@@ -62,7 +62,7 @@ def gate_command(
         )
     console.print(table)
     if not all(outcome.passed for outcome in outcomes):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_GATE_FAILED)
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Send run results to other tools.")

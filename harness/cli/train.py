@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from harness.cli.options import TasksDirOption, console, err_console, user_errors
+from harness.cli.options import EXIT_GATE_FAILED, TasksDirOption, console, err_console, user_errors
 from harness.core.errors import HarnessError
 
 data_app = typer.Typer(no_args_is_help=True, help="Check training data.")
@@ -102,7 +102,7 @@ def data_check(
         table.add_row(label, str(len(items)), ", ".join(f"{a} ({b})" for a, b in items[:10]))
     console.print(table)
     if strict and not report.clean:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_GATE_FAILED)
 
 
 def register_task_dirs(tasks_dir: list[Path] | None) -> None:

@@ -6,16 +6,26 @@ rules:
   - {task: general_english, metric: perplexity, max_drop_relative: 0.1, require_significant: true}
   - {task: notices_service, metric: exact_match, min: 0.2}              # (max: for lower-is-better metrics)
   - {task: notices_rewrite, metric: general.relevance, max_judge_error_rate: 0.25}
+
+A rule needs at least one threshold. A metric with no valid values fails its rule (a judge that answered nothing
+is no pass), and so does a judge metric whose candidate error rate exceeds `max_judge_error_rate`, by default
+DEFAULT_MAX_JUDGE_ERROR_RATE. A rule naming a task or metric the comparison does not hold is a configuration
+error (HarnessError, listing the names there are), not a regression.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.comparison.compare import MetricComparison, RunComparison
-from harness.core.yamlfile import load_model_file
+from harness.core.errors import HarnessError
+from harness.core.yamlfile import FieldError, load_model_file
+
+DEFAULT_MAX_JUDGE_ERROR_RATE = 0.5
+THRESHOLDS = ("max_drop", "max_drop_relative", "min", "max", "max_judge_error_rate")
 
 
 class GateRule(BaseModel):
@@ -30,12 +40,19 @@ class GateRule(BaseModel):
     require_significant: bool = False  # a drop past the limit fails only when p < alpha
     max_judge_error_rate: float | None = Field(None, ge=0, le=1)
 
+    @model_validator(mode="after")
+    def _has_a_threshold(self) -> GateRule:
+        if all(getattr(self, name) is None for name in THRESHOLDS):
+            raise FieldError("metric", f"a rule needs a threshold: one of {', '.join(THRESHOLDS)}")
+        return self
+
 
 class GateRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     alpha: float = Field(0.05, gt=0, lt=1)
     rules: list[GateRule] = Field(min_length=1)
+    source: Path | None = Field(default=None, exclude=True)
 
 
 class RuleOutcome(BaseModel):
@@ -45,7 +62,8 @@ class RuleOutcome(BaseModel):
 
 
 def load_rules(path: Path) -> GateRules:
-    return load_model_file(path, GateRules, "gate rules")
+    """Gate rules from YAML; errors name the file, line and field."""
+    return load_model_file(path, GateRules, "gate rules").model_copy(update={"source": path})
 
 
 def _worsening(metric: MetricComparison) -> float:
@@ -53,36 +71,72 @@ def _worsening(metric: MetricComparison) -> float:
     return -metric.delta if metric.higher_is_better else metric.delta
 
 
-def check_rule(rule: GateRule, comparison: RunComparison, alpha: float) -> RuleOutcome:
-    task = comparison.tasks.get(rule.task)
-    metric = next((m for m in task.metrics if m.metric == rule.metric), None) if task else None
-    if metric is None:
-        return RuleOutcome(rule=rule, passed=False, message=f"{rule.task}/{rule.metric} is not in both runs")
-    failures = []
+def _drop_failures(rule: GateRule, metric: MetricComparison, alpha: float) -> list[str]:
+    if rule.max_drop is None and rule.max_drop_relative is None:
+        return []
+    if math.isnan(metric.baseline):
+        return ["the baseline has no valid values to measure a drop from"]
     worse = _worsening(metric)
     significant = metric.p_value is not None and metric.p_value < alpha
-    limits = [
-        ("max_drop", rule.max_drop, worse),
-        (
-            "max_drop_relative",
-            rule.max_drop_relative,
-            worse / abs(metric.baseline) if metric.baseline else float("inf"),
-        ),
+    relative = worse / abs(metric.baseline) if metric.baseline else float("inf")
+    return [
+        f"worse by {amount:.4g} > {name} {limit:g} (p={metric.p_value:.3g})"
+        for name, limit, amount in (
+            ("max_drop", rule.max_drop, worse),
+            ("max_drop_relative", rule.max_drop_relative, relative),
+        )
+        if limit is not None and amount > limit and (significant or not rule.require_significant)
     ]
-    for name, limit, amount in limits:
-        if limit is not None and amount > limit and (significant or not rule.require_significant):
-            failures.append(f"worse by {amount:.4g} > {name} {limit:g} (p={metric.p_value:.3g})")
+
+
+def _judge_error_failures(rule: GateRule, metric: MetricComparison, n_samples: int) -> list[str]:
+    """The judge's errors over the candidate's samples (metric.n counts only those both runs scored)."""
+    if metric.candidate_errors is None:
+        return []
+    limit = DEFAULT_MAX_JUDGE_ERROR_RATE if rule.max_judge_error_rate is None else rule.max_judge_error_rate
+    rate = metric.candidate_errors / n_samples if n_samples else 1.0
+    return [f"judge error rate {rate:.2f} > {limit:g}"] if rate > limit else []
+
+
+def check_rule(rule: GateRule, comparison: RunComparison, alpha: float) -> RuleOutcome:
+    """One rule against the comparison's metric (which `run_gate` has checked exists)."""
+    task = comparison.tasks[rule.task]
+    metric = next(m for m in task.metrics if m.metric == rule.metric)
+    if math.isnan(metric.candidate):
+        errors = f" ({metric.candidate_errors} judge errors)" if metric.candidate_errors else ""
+        return RuleOutcome(rule=rule, passed=False, message=f"the candidate has no valid values{errors}")
+    failures = _drop_failures(rule, metric, alpha)
     if rule.min is not None and metric.candidate < rule.min:
         failures.append(f"{metric.candidate:.4g} < min {rule.min:g}")
     if rule.max is not None and metric.candidate > rule.max:
         failures.append(f"{metric.candidate:.4g} > max {rule.max:g}")
-    if rule.max_judge_error_rate is not None:  # of the candidate's samples (metric.n counts those both runs scored)
-        rate = (metric.candidate_errors or 0) / task.n_shared if task and task.n_shared else 1.0
-        if rate > rule.max_judge_error_rate:
-            failures.append(f"judge error rate {rate:.2f} > {rule.max_judge_error_rate:g}")
+    failures += _judge_error_failures(rule, metric, task.n_shared)
     summary = f"{metric.baseline:.4g} -> {metric.candidate:.4g} (delta {metric.delta:+.4g})"
     return RuleOutcome(rule=rule, passed=not failures, message="; ".join(failures) or summary)
 
 
+def _check_names(rules: GateRules, comparison: RunComparison) -> None:
+    """Every rule names a task both runs hold and one of its metrics; else a configuration error."""
+    for index, rule in enumerate(rules.rules):
+        task = comparison.tasks.get(rule.task)
+        if task is None:
+            raise HarnessError(
+                f"gate rule {index + 1}: task '{rule.task}' is not in both runs",
+                path=rules.source,
+                field=f"rules.{index}.task",
+                hint=f"tasks in both runs: {', '.join(sorted(comparison.tasks)) or 'none'}",
+            )
+        names = [m.metric for m in task.metrics]
+        if rule.metric not in names:
+            raise HarnessError(
+                f"gate rule {index + 1}: task '{rule.task}' has no metric '{rule.metric}'",
+                path=rules.source,
+                field=f"rules.{index}.metric",
+                hint=f"its metrics: {', '.join(names)}",
+            )
+
+
 def run_gate(rules: GateRules, comparison: RunComparison) -> list[RuleOutcome]:
+    """Every rule's outcome; a rule naming what the comparison does not hold raises HarnessError first."""
+    _check_names(rules, comparison)
     return [check_rule(rule, comparison, rules.alpha) for rule in rules.rules]

@@ -39,7 +39,9 @@ class FaultServer:
     """Answers chat completions; the behaviour for a request is chosen by a CASE-<name> marker in its prompt.
 
     Behaviours per case are lists consumed one per attempt (the last one repeats): "ok", "429", "500", "hang",
-    "reset", "badjson", "missing". `attempts` counts requests per case; `auth` keeps Authorization headers.
+    "reset", "badjson", "missing", and replies that are no chat completion: "nochoices" (a 200 with an empty
+    `choices`), "errorbody" (a 200 holding only an error object), "html" (a text/html page), "truncated" (JSON cut
+    short). `attempts` counts requests per case; `auth` keeps Authorization headers.
     """
 
     def __init__(self, plans: dict[str, list[str]], good_answer: str, hang_seconds: float) -> None:
@@ -64,9 +66,11 @@ def _handler(server: FaultServer) -> type[http.server.BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        def _send(
+            self, status: int, payload: bytes, headers: dict[str, str] | None = None, kind: str = "application/json"
+        ) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(payload)))
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
@@ -91,6 +95,14 @@ def _handler(server: FaultServer) -> type[http.server.BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(completion("this is {not json")).encode())
             elif action == "missing":
                 self._send(200, json.dumps(completion('{"relevance": {"reason": "ok"}}')).encode())
+            elif action == "nochoices":
+                self._send(200, json.dumps({**completion(""), "choices": []}).encode())
+            elif action == "errorbody":
+                self._send(200, b'{"error": {"message": "model overloaded", "type": "server_error"}}')
+            elif action == "html":
+                self._send(200, b"<html><body>502 Bad Gateway</body></html>", kind="text/html")
+            elif action == "truncated":
+                self._send(200, json.dumps(completion(server.good_answer)).encode()[:40])
             else:
                 self._send(200, json.dumps(completion(server.good_answer)).encode())
 

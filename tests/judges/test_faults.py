@@ -1,5 +1,6 @@
-"""Judge faults from a misbehaving local HTTP server (stdlib, 127.0.0.1): retries happen, final failures are
-recorded per sample and excluded (never scored 0), and everything else is scored."""
+"""Judge faults from a misbehaving local HTTP server (stdlib, 127.0.0.1): retries happen, final failures and
+replies that are no chat completion are recorded per sample and excluded (never scored 0), everything else is
+scored, and only successes are cached."""
 
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ PLANS = {
 }
 
 
-def judge_everything(base_url: str, cache: ResultCache) -> JudgedTask:
+MALFORMED = {"nochoices": ["nochoices"], "errorbody": ["errorbody"], "html": ["html"], "truncated": ["truncated"]}
+
+
+def judge_everything(base_url: str, cache: ResultCache, cases: list[str] | None = None) -> JudgedTask:
+    cases = cases or [*PLANS, "fine"]
     endpoint = JudgeEndpoint(
         model="fault", base_url=base_url, timeout=1.0, max_retries=2, concurrency=4, logprobs=False
     )
@@ -44,7 +49,7 @@ def judge_everything(base_url: str, cache: ResultCache) -> JudgedTask:
             "judges": ["general"],
         }
     )
-    samples = [Sample(case, f"Prompt CASE-{case}", ["ref"]) for case in [*PLANS, "fine"]]
+    samples = [Sample(case, f"Prompt CASE-{case}", ["ref"]) for case in cases]
     return judge(spec, samples, ["an answer"] * len(samples))
 
 
@@ -77,13 +82,38 @@ def test_faults_are_retried_or_recorded_and_the_rest_is_scored(
     assert (relevance.n, relevance.n_errors, relevance.value) == (5, 3, 4.0)
 
 
-def test_a_rerun_calls_only_for_what_failed_in_transit(
+def test_replies_that_are_no_chat_completion_are_errors_per_sample(
     fault_server: Callable[..., tuple[str, object]], tmp_path: Path
 ) -> None:
-    base_url, _ = fault_server(PLANS, GOOD, hang_seconds=3.0)
+    """An empty `choices`, an error object in a 200, an HTML page and JSON cut short each become that sample's error
+    with its reason; the run goes on and scores the rest."""
+    base_url, _ = fault_server(MALFORMED, GOOD)
+    judged = judge_everything(base_url, ResultCache(tmp_path / "cache.sqlite"), [*MALFORMED, "fine"])
+    by_case = dict(zip([*MALFORMED, "fine"], judged.sample_judgments, strict=True))
+    scores = dict(zip([*MALFORMED, "fine"], judged.sample_scores, strict=True))
+    assert "not a chat completion" in by_case["nochoices"]["general"]["error"]
+    assert "model overloaded" in by_case["errorbody"]["general"]["error"]
+    assert "502 Bad Gateway" in by_case["html"]["general"]["error"]
+    assert "JudgeReplyError" in by_case["truncated"]["general"]["error"]
+    for case in MALFORMED:
+        assert "general.relevance" not in scores[case], case
+    assert scores["fine"]["general.relevance"] == 4.0
+    relevance = judged.metrics["general.relevance"]
+    assert (relevance.n, relevance.n_errors) == (1, 4)
+
+
+def test_a_rerun_asks_again_for_every_error_and_for_nothing_that_succeeded(
+    fault_server: Callable[..., tuple[str, object]], tmp_path: Path
+) -> None:
+    base_url, server = fault_server(PLANS, GOOD, hang_seconds=3.0)
     cache = ResultCache(tmp_path / "cache.sqlite")
     judge_everything(base_url, cache)
+    first_attempts = dict(server.attempts)  # type: ignore[attr-defined]
     rerun = judge_everything(base_url, cache)
-    # Only "dead" is asked again: a 5xx after retries is not cached; parse failures are final and cached.
-    assert rerun.calls == 1
-    assert "unparseable" in rerun.sample_judgments[4]["general"]["error"]
+    by_case = dict(zip([*PLANS, "fine"], rerun.sample_judgments, strict=True))
+    # badjson and missing: a call and its re-ask each; dead: one call (its retries are the SDK's).
+    assert rerun.calls == 5
+    for case in ("429", "500", "hang", "reset", "default"):  # "fine" is the server's default case
+        assert server.attempts[case] == first_attempts[case], case  # type: ignore[attr-defined]
+    assert "unparseable" in by_case["badjson"]["general"]["error"]
+    assert rerun.sample_scores[-1]["general.relevance"] == 4.0

@@ -1,12 +1,15 @@
 """End to end against the real local judge (llama.cpp server + SmolLM2-135M-Instruct) and the real embedded Gemma:
 `harness run` with judges, a cached re-run with zero judge calls, pairwise judging of two runs, the API key
-appearing in no file the harness writes, and a server killed while in use."""
+appearing in no file the harness writes, a server killed while in use, and a server whose parent is stopped by
+SIGTERM or killed with kill -9."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,3 +171,41 @@ def test_a_server_killed_in_use_is_an_error_naming_its_log(tmp_path: Path) -> No
         while answers(server.base_url):  # the socket closes once the process is gone
             time.sleep(0.1)
     assert str(caught.value).startswith(f"{log}: ")
+
+
+SERVE_UNTIL_STOPPED = """
+import sys, time
+from pathlib import Path
+from judges.local_server import local_judge
+with local_judge(Path(sys.argv[1])) as server:
+    print(server.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for its reaper counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_the_server_does_not_outlive_its_parent(stop: signal.Signals, tmp_path: Path) -> None:
+    """A real parent process runs the server, then is stopped: by SIGTERM it stops the server itself and exits 143;
+    killed with -9, the kernel's parent-death signal ends the server. Either way none is left running."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SERVE_UNTIL_STOPPED, str(tmp_path / "server.log")], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    server_pid = int(parent.stdout.readline())
+    assert _running(server_pid)
+    os.kill(parent.pid, stop)
+    assert parent.wait(timeout=60) == (128 + signal.SIGTERM if stop == signal.SIGTERM else -signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _running(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(server_pid), "the judge server outlived its parent"

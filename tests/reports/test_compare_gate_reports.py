@@ -204,3 +204,46 @@ def test_reports_render_in_headless_chromium(real_runs: dict[str, Path], tmp_pat
     assert errors == []
     assert total == 8 and visible == 1
     assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_exit_codes_tell_a_regression_from_bad_input_and_a_crash(
+    real_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1: a rule failed; 2: bad input (here a rule naming a metric the runs lack, listing theirs); 3: anything
+    unexpected, with its traceback. (The crash is planted: no real input makes compare fail unexpectedly.)"""
+    runner = CliRunner()
+    common = ["gate", "--baseline", str(real_runs["greedy"]), "--out", str(tmp_path / "report"), "--rules"]
+    rules = tmp_path / "gate.yaml"
+    rules.write_text(RULES)
+    assert runner.invoke(app, [*common, str(rules), "--candidate", str(real_runs["regressed"])]).exit_code == 1
+    rules.write_text("rules:\n  - {task: plain_english, metric: bleuu, min: 1}\n")
+    unknown = runner.invoke(app, [*common, str(rules), "--candidate", str(real_runs["regressed"])])
+    assert unknown.exit_code == 2
+    assert "has no metric 'bleuu'" in unknown.output and "chrf" in unknown.output
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr("harness.comparison.compare.compare_runs", crash)
+    crashed = runner.invoke(app, ["compare", str(real_runs["greedy"]), str(real_runs["regressed"])])
+    assert crashed.exit_code == 3
+    assert "RuntimeError: planted" in crashed.output and "internal error" in crashed.output
+
+
+def test_pairwise_judging_against_a_dead_endpoint_fails(real_runs: dict[str, Path], tmp_path: Path) -> None:
+    """Nothing listens at the URL: every call fails, and the command says so and exits 2 (it exited 0 with all-zero
+    rates before)."""
+    from judges.local_server import free_port
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "judge", "pairwise", str(real_runs["greedy"]), str(real_runs["sampled"]),
+            "--out", str(tmp_path / "pairwise.json"), "--judge-model", "m",
+            "--judge-base-url", f"http://127.0.0.1:{free_port()}/v1", "--judge-timeout", "1",
+            "--cache-path", str(tmp_path / "cache.sqlite"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "no pair was judged" in " ".join(result.output.split())
+    assert "APIConnectionError" in result.output

@@ -1,0 +1,70 @@
+"""Gate rules that cannot pass on missing data: no valid values fail, judge error rates have a default ceiling, a
+rule without a threshold or naming what the comparison lacks is a configuration error."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from harness.comparison.compare import MetricComparison, RunComparison, TaskComparison
+from harness.comparison.gate import GateRule, GateRules, load_rules, run_gate
+from harness.core.errors import HarnessError
+
+
+def _comparison(baseline: float, candidate: float, candidate_errors: int | None = None) -> RunComparison:
+    metric = MetricComparison(
+        task="t", metric="general.relevance", higher_is_better=True, baseline=baseline, candidate=candidate,
+        delta=candidate - baseline, test="paired permutation", n=0 if math.isnan(candidate) else 12,
+        p_value=None if math.isnan(candidate) else 0.5, baseline_errors=0, candidate_errors=candidate_errors,
+    )  # fmt: skip
+    task = TaskComparison(task="t", n_shared=12, metrics=[metric])
+    return RunComparison(baseline="a", candidate="b", baseline_label="a", candidate_label="b", tasks={"t": task})
+
+
+@pytest.mark.parametrize(
+    "threshold", [{"min": 1.0}, {"max_drop": 0.5}, {"max_drop_relative": 0.1}, {"max_judge_error_rate": 1.0}]
+)
+def test_a_candidate_without_valid_values_fails_every_rule(threshold: dict[str, float]) -> None:
+    """All twelve judgments unparseable: nan -> nan passed min, max_drop and max_drop_relative before."""
+    rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", **threshold)])
+    (outcome,) = run_gate(rules, _comparison(4.0, math.nan, candidate_errors=12))
+    assert not outcome.passed
+    assert outcome.message == "the candidate has no valid values (12 judge errors)"
+
+
+def test_a_drop_from_a_baseline_without_valid_values_fails() -> None:
+    rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", max_drop=0.5)])
+    (outcome,) = run_gate(rules, _comparison(math.nan, 4.0, candidate_errors=0))
+    assert not outcome.passed and "baseline has no valid values" in outcome.message
+
+
+@pytest.mark.parametrize(("errors", "passed"), [(6, True), (7, False)])
+def test_judge_errors_have_a_default_ceiling(errors: int, passed: bool) -> None:
+    """A rule on a judge metric fails past half the samples unjudged even when it sets no error rate itself."""
+    rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", min=1.0)])
+    (outcome,) = run_gate(rules, _comparison(4.0, 4.0, candidate_errors=errors))
+    assert outcome.passed is passed
+
+
+def test_a_rule_without_a_threshold_names_its_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "gate.yaml"
+    path.write_text("rules:\n  - {task: t, metric: bleu, min: 1}\n  - {task: t, metric: chrf}\n")
+    with pytest.raises(HarnessError) as raised:
+        load_rules(path)
+    assert f"{path}:3: field 'rules.1.metric'" in str(raised.value)
+    assert "a rule needs a threshold" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "hint"), [("nope", "bleu", "tasks in both runs: t"), ("t", "bleu", "its metrics")]
+)
+def test_a_rule_naming_what_the_runs_lack_is_a_configuration_error(
+    task: str, metric: str, hint: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "gate.yaml"
+    path.write_text(f"rules:\n  - {{task: {task}, metric: {metric}, min: 1}}\n")
+    with pytest.raises(HarnessError) as raised:
+        run_gate(load_rules(path), _comparison(4.0, 4.0))
+    assert str(path) in str(raised.value) and hint in str(raised.value)
