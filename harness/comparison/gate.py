@@ -78,7 +78,8 @@ def _drop_failures(rule: GateRule, metric: MetricComparison, alpha: float) -> li
         return ["the baseline has no valid values to measure a drop from"]
     worse = _worsening(metric)
     significant = metric.p_value is not None and metric.p_value < alpha
-    relative = worse / abs(metric.baseline) if metric.baseline else float("inf")
+    # From a baseline of 0 any worsening is infinitely large, and no worsening none at all.
+    relative = worse / abs(metric.baseline) if metric.baseline else (math.inf if worse > 0 else 0.0)
     return [
         f"worse by {amount:.4g} > {name} {limit:g} (p={metric.p_value:.3g})"
         for name, limit, amount in (

@@ -68,3 +68,11 @@ def test_a_rule_naming_what_the_runs_lack_is_a_configuration_error(
     with pytest.raises(HarnessError) as raised:
         run_gate(load_rules(path), _comparison(4.0, 4.0))
     assert str(path) in str(raised.value) and hint in str(raised.value)
+
+
+@pytest.mark.parametrize(("candidate", "passed"), [(0.0, True), (0.5, True), (-0.5, False)])
+def test_a_relative_drop_from_zero_fails_only_when_worse(candidate: float, passed: bool) -> None:
+    """From a baseline of 0 any worsening is infinite; no change, or an improvement, passes (both failed before)."""
+    rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", max_drop_relative=1.5)])
+    (outcome,) = run_gate(rules, _comparison(0.0, candidate))
+    assert outcome.passed is passed
