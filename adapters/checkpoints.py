@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,7 +97,15 @@ def restore_latest(
     if not found:
         return None
     latest = found[-1]
-    saved = torch.load(latest / "state.pt", weights_only=False)
+    # weights_only: a checkpoint folder from elsewhere must not run code on --resume (a pickle could).
+    try:
+        saved = torch.load(latest / "state.pt", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as error:
+        raise HarnessError(
+            f"cannot resume from this checkpoint: {str(error).splitlines()[0]}",
+            path=latest / "state.pt",
+            hint="a checkpoint holds tensors and plain values only; train into a new --out",
+        ) from None
     if saved["config"] != config.model_dump(mode="json"):
         changed = sorted(k for k, v in config.model_dump(mode="json").items() if saved["config"].get(k) != v)
         raise HarnessError(

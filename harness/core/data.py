@@ -13,12 +13,14 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+from jinja2.sandbox import SandboxedEnvironment
 
 from harness.core.errors import HarnessError
 from harness.core.fingerprint import hash_file, hash_files
 from harness.core.taskspec import TaskSpec
 
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+# Sandboxed: a task file from elsewhere must not reach Python internals (`cycler.__init__.__globals__.os`).
+_JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -253,3 +254,28 @@ def test_sliced_mlps_give_the_same_loss_and_gradients() -> None:
         assert relative < 3e-5, f"{name}: {relative:.2e}"
         mlp_grads += ".mlp." in name and bool(a.abs().sum() > 0)
     assert mlp_grads > 0
+
+
+class _RunsCode:
+    """Unpickling this writes a file: what a checkpoint from someone else could do on --resume."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "ran"))  # type: ignore[return-value]
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None:
+    """state.pt is loaded with weights_only: a pickle that calls code is refused, naming the file, and runs nothing."""
+    from adapters.checkpoints import CHECKPOINTS, restore_latest
+    from harness.core.errors import HarnessError
+
+    marker = tmp_path / "marker.txt"
+    step = tmp_path / "out" / CHECKPOINTS / "step-000001"
+    step.mkdir(parents=True)
+    torch.save({"state": _RunsCode(marker)}, step / "state.pt")
+    with pytest.raises(HarnessError, match="cannot resume from this checkpoint") as raised:
+        restore_latest(tmp_path / "out", None, None, None, TrainConfig(), dict)
+    assert str(step / "state.pt") in str(raised.value)
+    assert not marker.exists()

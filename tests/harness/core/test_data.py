@@ -72,3 +72,14 @@ def test_a_local_checkpoint_folder_is_a_model() -> None:
     embedded_dir = resolve_checkpoint("gemma-3-270m")
     by_path = load_model(ModelOptions(name=str(embedded_dir)))
     assert by_path.base_fingerprint == load_model(ModelOptions()).base_fingerprint
+
+
+def test_templates_cannot_reach_python_internals(data_files: dict[str, Path], tmp_path: Path) -> None:
+    """Task templates render in Jinja's sandbox: the classic escape to `os` is refused (it ran a shell command
+    before), and the error names the row and the field."""
+    marker = tmp_path / "escaped"
+    escape = "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}"
+    spec = spec_for(data_files["jsonl"], template=escape + " {{ question }}")
+    with pytest.raises(HarnessError, match=r"rows.jsonl:1: field 'template': template failed: .*unsafe"):
+        build_samples(spec, read_rows(data_files["jsonl"]))
+    assert not marker.exists()
