@@ -1,11 +1,12 @@
 """The judge client: the OpenAI SDK (`AsyncOpenAI`) against any OpenAI-compatible base URL.
 
 Retries with backoff (honouring Retry-After on 429) on 429, 5xx, timeouts and connection errors are the SDK's
-own (`max_retries`); concurrency is bounded by a semaphore. A reply that is no chat completion (no choices, an
-error object, an HTML page, truncated JSON) is a per-sample error with its reason, like a failed call. Only
-successful judgments are cached in SQLite: a re-run makes no calls for them and asks again for every error, so a
-judge that was down or broken is not remembered as such. The API key is read from an environment variable and goes
-nowhere but the Authorization header.
+own (`max_retries`); each attempt must have its whole reply within the timeout (a deadline, not httpx's per-read
+timeout, which a server trickling bytes never meets); concurrency is bounded by a semaphore. A reply that is no
+chat completion (no choices, an error object, an HTML page, truncated JSON) is a per-sample error with its
+reason, like a failed call. Only successful judgments are cached in SQLite: a re-run makes no calls for them and
+asks again for every error, so a judge that was down or broken is not remembered as such. The API key is read
+from an environment variable and goes nowhere but the Authorization header.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import httpx
 from pydantic import BaseModel
 
 from harness.core.cache import ResultCache
@@ -28,6 +30,35 @@ REPLY_EXCERPT = 200  # characters of a malformed reply kept in its error
 
 class JudgeReplyError(Exception):
     """The endpoint answered, but not with a chat completion."""
+
+
+class _DeadlineTransport(httpx.AsyncBaseTransport):
+    """httpx's transport with a deadline on each whole attempt, headers and body: httpx's own timeouts are per read,
+    so a server that trickles bytes could hold a judgment for as long as it liked. A missed deadline is a read
+    timeout, which the SDK retries like any other."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async def whole_reply() -> httpx.Response:
+            response = await self.inner.handle_async_request(request)
+            try:
+                body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+            finally:
+                await response.aclose()
+            return httpx.Response(
+                response.status_code, headers=response.headers, stream=httpx.ByteStream(body), request=request
+            )
+
+        try:
+            return await asyncio.wait_for(whole_reply(), self.seconds)
+        except asyncio.TimeoutError:
+            raise httpx.ReadTimeout(f"no whole reply within {self.seconds:g} s", request=request) from None
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 REASK = "Your previous answer was not valid ({error}). Reply again with only the JSON object, in the shape asked for."
@@ -66,13 +97,14 @@ class JudgeClient:
         self.calls = 0
 
     def _client(self) -> Any:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         return AsyncOpenAI(
             base_url=self.endpoint.base_url,
             api_key=os.environ.get(self.endpoint.api_key_env) or "not-set",
             timeout=self.endpoint.timeout,
             max_retries=self.endpoint.max_retries,
+            http_client=DefaultAsyncHttpxClient(transport=_DeadlineTransport(self.endpoint.timeout)),
         )
 
     def _request(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import socket
@@ -41,7 +42,8 @@ class FaultServer:
     Behaviours per case are lists consumed one per attempt (the last one repeats): "ok", "429", "500", "hang",
     "reset", "badjson", "missing", and replies that are no chat completion: "nochoices" (a 200 with an empty
     `choices`), "errorbody" (a 200 holding only an error object), "html" (a text/html page), "truncated" (JSON cut
-    short). `attempts` counts requests per case; `auth` keeps Authorization headers.
+    short); "trickle" (a 200 whose body comes a byte every 0.2 s, for ever).
+    `attempts` counts requests per case; `auth` keeps Authorization headers.
     """
 
     def __init__(self, plans: dict[str, list[str]], good_answer: str, hang_seconds: float) -> None:
@@ -101,6 +103,16 @@ def _handler(server: FaultServer) -> type[http.server.BaseHTTPRequestHandler]:
                 self._send(200, b'{"error": {"message": "model overloaded", "type": "server_error"}}')
             elif action == "html":
                 self._send(200, b"<html><body>502 Bad Gateway</body></html>", kind="text/html")
+            elif action == "trickle":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the client gives up and closes
+                    for _ in range(300):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.2)
             elif action == "truncated":
                 self._send(200, json.dumps(completion(server.good_answer)).encode()[:40])
             else:

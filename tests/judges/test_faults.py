@@ -117,3 +117,17 @@ def test_a_rerun_asks_again_for_every_error_and_for_nothing_that_succeeded(
         assert server.attempts[case] == first_attempts[case], case  # type: ignore[attr-defined]
     assert "unparseable" in by_case["badjson"]["general"]["error"]
     assert rerun.sample_scores[-1]["general.relevance"] == 4.0
+
+
+def test_a_server_that_trickles_bytes_meets_the_timeout_as_a_deadline(
+    fault_server: Callable[..., tuple[str, object]], tmp_path: Path
+) -> None:
+    """httpx's timeout is per read, so a byte every 0.2 s held a judgment for ever: each attempt now has the whole
+    timeout (1 s) as its deadline, the SDK retries it twice, and the sample records a timeout."""
+    base_url, server = fault_server({"trickle": ["trickle"]}, GOOD)
+    started = time.monotonic()
+    judged = judge_everything(base_url, ResultCache(tmp_path / "cache.sqlite"), ["trickle", "fine"])
+    assert time.monotonic() - started < 15
+    assert server.attempts["trickle"] == 3  # type: ignore[attr-defined]
+    assert "APITimeoutError" in judged.sample_judgments[0]["general"]["error"]
+    assert judged.sample_scores[1]["general.relevance"] == 4.0
