@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -25,6 +26,9 @@ from judges.parse import JudgeParseError
 
 T = TypeVar("T")
 
+# Strings shaped like API keys and bearer tokens, redacted from stored error text whatever the key's variable holds.
+KEY_SHAPED = re.compile(r"\b(?:sk|pk|rk|hf|gsk|xai)[-_][A-Za-z0-9_-]{12,}|(?<=Bearer )[A-Za-z0-9._~+/=-]{8,}")
+MIN_SECRET_LENGTH = 8
 REPLY_EXCERPT = 200  # characters of a malformed reply kept in its error
 
 
@@ -107,6 +111,14 @@ class JudgeClient:
             http_client=DefaultAsyncHttpxClient(transport=_DeadlineTransport(self.endpoint.timeout)),
         )
 
+    def _redact(self, text: str) -> str:
+        """Error text without the API key: an endpoint may echo it back ("Incorrect API key provided: sk-..."), and
+        the error goes into results.json."""
+        key = os.environ.get(self.endpoint.api_key_env) or ""
+        if len(key) >= MIN_SECRET_LENGTH:
+            text = text.replace(key, "[redacted]")
+        return KEY_SHAPED.sub("[redacted]", text)
+
     def _request(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.endpoint.model,
@@ -165,7 +177,7 @@ class JudgeClient:
                     except JudgeParseError as error:
                         judgment = Judgment(value=None, raw=raw, error=f"unparseable after a re-ask: {error}")
             except (APIError, JudgeReplyError) as error:
-                return Judgment(value=None, error=f"{type(error).__name__}: {error}")
+                return Judgment(value=None, error=self._redact(f"{type(error).__name__}: {error}"))
         if judgment.error is not None:
             return judgment
         self.cache.put_many(

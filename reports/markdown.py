@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 from harness.comparison.compare import Comparison, Flip, MetricComparison, RunComparison, TaskComparison
@@ -56,8 +57,11 @@ def _metric_table(tasks: Sequence[TaskComparison]) -> list[str]:
 
 
 def _clip(text: str | None, limit: int = 300) -> str:
-    text = (text or "").replace("\n", " ").replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """Sample text as one table cell: clipped, its HTML escaped (report.md is posted as a PR comment, where raw
+    tags from a model's output would render or break the page), on one line, pipes escaped."""
+    text = text or ""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return html.escape(text, quote=False).replace("\n", " ").replace("|", "\\|")
 
 
 def _flip_table(title: str, flips: Sequence[Flip]) -> str:
@@ -65,7 +69,7 @@ def _flip_table(title: str, flips: Sequence[Flip]) -> str:
         return ""
     rows = [f"**{title}**", "", "| id | Δ | baseline output | candidate output | reference |", "|---|---:|---|---|---|"]
     rows += [
-        f"| {f.id} | {f.delta:+.3g} | {_clip(f.baseline_output)} | {_clip(f.candidate_output)} | "
+        f"| {_clip(f.id)} | {f.delta:+.3g} | {_clip(f.baseline_output)} | {_clip(f.candidate_output)} | "
         f"{_clip(' / '.join(f.references))} |"
         for f in flips
     ]

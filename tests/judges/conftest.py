@@ -42,7 +42,7 @@ class FaultServer:
     Behaviours per case are lists consumed one per attempt (the last one repeats): "ok", "429", "500", "hang",
     "reset", "badjson", "missing", and replies that are no chat completion: "nochoices" (a 200 with an empty
     `choices`), "errorbody" (a 200 holding only an error object), "html" (a text/html page), "truncated" (JSON cut
-    short); "trickle" (a 200 whose body comes a byte every 0.2 s, for ever).
+    short); "trickle" (a 200 whose body comes a byte every 0.2 s, for ever); "echokey" (a 401 echoing the key).
     `attempts` counts requests per case; `auth` keeps Authorization headers.
     """
 
@@ -103,6 +103,9 @@ def _handler(server: FaultServer) -> type[http.server.BaseHTTPRequestHandler]:
                 self._send(200, b'{"error": {"message": "model overloaded", "type": "server_error"}}')
             elif action == "html":
                 self._send(200, b"<html><body>502 Bad Gateway</body></html>", kind="text/html")
+            elif action == "echokey":  # as some hosted APIs do: "Incorrect API key provided: sk-..."
+                auth = self.headers.get("Authorization", "")
+                self._send(401, json.dumps({"error": {"message": f"Incorrect API key provided: {auth}"}}).encode())
             elif action == "trickle":
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from harness.core.cache import ResultCache
 from harness.core.data import Sample
 from harness.core.taskspec import TaskSpec
@@ -131,3 +133,16 @@ def test_a_server_that_trickles_bytes_meets_the_timeout_as_a_deadline(
     assert server.attempts["trickle"] == 3  # type: ignore[attr-defined]
     assert "APITimeoutError" in judged.sample_judgments[0]["general"]["error"]
     assert judged.sample_scores[1]["general.relevance"] == 4.0
+
+
+def test_an_endpoint_echoing_the_key_leaves_no_key_in_the_stored_error(
+    fault_server: Callable[..., tuple[str, object]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "sk-test-0123456789abcdefghij"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    base_url, server = fault_server({"echokey": ["echokey"]}, GOOD)
+    judged = judge_everything(base_url, ResultCache(tmp_path / "cache.sqlite"), ["echokey"])
+    error = judged.sample_judgments[0]["general"]["error"]
+    assert server.auth[0] == f"Bearer {key}"  # type: ignore[attr-defined]
+    assert "AuthenticationError" in error and "Incorrect API key provided" in error
+    assert key not in error and "[redacted]" in error

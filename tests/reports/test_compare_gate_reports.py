@@ -247,3 +247,18 @@ def test_pairwise_judging_against_a_dead_endpoint_fails(real_runs: dict[str, Pat
     assert result.exit_code == 2, result.output
     assert "no pair was judged" in " ".join(result.output.split())
     assert "APIConnectionError" in result.output
+
+
+def test_markdown_escapes_html_in_sample_text(real_runs: dict[str, Path]) -> None:
+    """report.md is posted as a PR comment: a model's output holding tags must show as text, not render (and a
+    stray `</details>` must not break the collapsible sections)."""
+    run = RunResult.read(real_runs["greedy"])
+    hostile = run.model_copy(deep=True)
+    for task in hostile.tasks.values():
+        for sample in task.samples:
+            sample.output = '<img src=x onerror="alert(1)"></details><script>alert(2)</script>'
+            sample.scores = dict.fromkeys(sample.scores, 0.0)
+    text = render_markdown(compare_runs([run, hostile]))
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in text and "&lt;img src=x" in text
+    assert "<script>" not in text and "<img" not in text
+    assert text.count("</details>") == text.count("<details>")
