@@ -280,6 +280,13 @@ def train(
     console: Console | None = None,
 ) -> Path:
     """Train an adapter into `out` (PEFT safetensors + manifest.json); returns `out`."""
+    if not resume and ((out / MANIFEST).is_file() or checkpoints.complete_checkpoints(out)):
+        raise HarnessError(
+            "the output folder already holds an adapter or its checkpoints",
+            path=out,
+            field="--out",
+            hint="pass --resume to continue its training, or choose another --out",
+        )
     distributed.init_from_env()
     console = console or Console(stderr=True)
     model, loaded = build_model(config)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from judges.rubric import SCALE, Rubric
 
@@ -20,6 +20,14 @@ class JudgeParseError(ValueError):
 class Grade(BaseModel):
     reason: str = ""
     score: int = Field(ge=1, le=5)
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        """JSON true would pass as 1 and "4" as 4: a score is a JSON number (4.0 is 4)."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"a score is a number, not {json.dumps(value)}")
+        return value
 
 
 class PairwiseVerdict(BaseModel):

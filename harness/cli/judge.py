@@ -30,7 +30,7 @@ judge_app = typer.Typer(no_args_is_help=True, help="LLM-as-judge over run result
 def judge_pairwise(
     run_a: Annotated[Path, typer.Argument(help="results.json of run A (e.g. the tuned model)")],
     run_b: Annotated[Path, typer.Argument(help="results.json of run B (e.g. the base model)")],
-    out: Annotated[Path, typer.Option(help="Where to write the pairwise JSON")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the pairwise JSON")],
     rubric: Annotated[str, typer.Option(help="Rubric name or file whose criteria the judge weighs")] = "general",
     judge_model: JudgeModelOption = None,
     judge_base_url: JudgeUrlOption = None,

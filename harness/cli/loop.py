@@ -22,7 +22,9 @@ def loop_command(
     judge: Annotated[str | None, typer.Option(help="'local' (starts SmolLM2 on 127.0.0.1) or a base URL")] = None,
     judge_model: JudgeModelOption = None,
     judge_api_key_env: JudgeKeyOption = "OPENAI_API_KEY",
-    workdir: Annotated[Path, typer.Option(help="Adapters, runs, reports, cache and history")] = Path("loop"),
+    workdir: Annotated[Path, typer.Option(file_okay=False, help="Adapters, runs, reports, cache and history")] = Path(
+        "loop"
+    ),
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
 ) -> None:
     """Train (or reuse) an adapter on --data, evaluate base and tuned on the suite, compare, report, gate."""

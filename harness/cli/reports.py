@@ -19,7 +19,9 @@ def compare_command(
     runs: Annotated[
         list[Path], typer.Argument(help="results.json files (or baselines/NAME.json); the first is the baseline")
     ],
-    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html and comparison.json")] = Path("report"),
+    out: Annotated[
+        Path, typer.Option(file_okay=False, help="Folder for report.md, report.html and comparison.json")
+    ] = Path("report"),
     pairwise: Annotated[
         Path | None, typer.Option(help="Pairwise judge JSON (harness judge pairwise) to include")
     ] = None,
@@ -40,7 +42,7 @@ def gate_command(
     candidate: Annotated[Path, typer.Option(help="Candidate results.json")],
     rules: Annotated[Path, typer.Option(help="Gate rules YAML")],
     junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the reports")] = Path("report"),
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder for the reports")] = Path("report"),
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Exit 0 if the candidate passes every rule against the baseline, else 1; writes JUnit and Markdown."""

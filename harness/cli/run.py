@@ -46,7 +46,7 @@ def run(
     ] = "gemma-3-270m",
     adapter: Annotated[list[Path] | None, typer.Option(help="PEFT adapter folder; repeat for several")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples per task")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for runs/<run-id>/results.json")] = Path("runs"),
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder for runs/<run-id>/results.json")] = Path("runs"),
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     dtype: Annotated[str, typer.Option(help="auto|float32|bfloat16|float16")] = "auto",
     device: Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N")] = "auto",

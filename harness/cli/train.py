@@ -18,7 +18,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Check training data.")
 @user_errors
 def train_command(
     data: Annotated[Path, typer.Option(help="Training data: JSONL, CSV, parquet or a saved dataset dir")],
-    out: Annotated[Path, typer.Option(help="Adapter folder to write")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Adapter folder to write")],
     eval_data: Annotated[Path | None, typer.Option(help="Held-out data (default: a split of --data)")] = None,
     model: Annotated[str | None, typer.Option(help="Base model (default: config, else gemma-3-270m)")] = None,
     config: Annotated[Path | None, typer.Option(help="Training config YAML")] = None,
@@ -57,7 +57,7 @@ def train_command(
 @user_errors
 def merge_command(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder")],
-    out: Annotated[Path, typer.Option(help="Folder for the merged checkpoint")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder for the merged checkpoint")],
     model: Annotated[str | None, typer.Option(help="Base model (default: from the adapter's manifest)")] = None,
     dtype: Annotated[str, typer.Option(help="float32|bfloat16|float16")] = "float32",
 ) -> None:

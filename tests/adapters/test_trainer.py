@@ -279,3 +279,17 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None
         restore_latest(tmp_path / "out", None, None, None, TrainConfig(), dict)
     assert str(step / "state.pt") in str(raised.value)
     assert not marker.exists()
+
+
+def test_training_refuses_to_overwrite_an_adapter_without_resume(tmp_path: Path) -> None:
+    """A finished adapter (or a killed run's checkpoints) in --out is kept: training again needs --resume or another
+    folder, and says so before any model is loaded."""
+    from adapters.trainer import MANIFEST, train
+    from harness.core.errors import HarnessError
+
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / MANIFEST).write_text("{}")
+    with pytest.raises(HarnessError, match="already holds an adapter") as raised:
+        train(TrainConfig(), tmp_path / "missing.jsonl", out)
+    assert "--resume" in str(raised.value) and str(out) in str(raised.value)

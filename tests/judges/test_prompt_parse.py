@@ -73,11 +73,14 @@ def test_parse_grades() -> None:
     )
     assert parse_grades(raw, GENERAL) == {"relevance": 4, "coherence": 5, "instruction_compliance": 2}
     assert parse_grades(f"```json\n{raw}\n```", GENERAL)["coherence"] == 5
+    assert parse_grades(raw.replace('"score": 5', '"score": 5.0'), GENERAL)["coherence"] == 5
     for bad, message in [
         ("not json", "not JSON"),
         ("[1, 2]", "not a JSON object"),
         ('{"relevance": {"score": 4}}', "missing dimension 'coherence'"),
         (raw.replace('"score": 5', '"score": 9'), "dimension 'coherence'"),
+        (raw.replace('"score": 5', '"score": true'), "a score is a number, not true"),
+        (raw.replace('"score": 5', '"score": "5"'), 'a score is a number, not "5"'),
     ]:
         with pytest.raises(JudgeParseError, match=message):
             parse_grades(bad, GENERAL)

@@ -55,3 +55,19 @@ def test_run_prints_table_and_writes_record(task_dir: Callable[..., Path], tmp_p
     perplexity = record["tasks"]["text"]["metrics"]["perplexity"]["value"]
     assert f"{perplexity:.4g}" in completed.stdout
     assert str(results_path) in completed.stdout.replace("\n", "")
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`--out` naming a file failed only after the evaluation had run; now every output folder flag is checked
+    first, as a usage error (exit 2)."""
+    a_file = tmp_path / "results"
+    a_file.write_text("")
+    for command in (
+        ["run", "--tasks", "factual_qa", "--out", str(a_file)],
+        ["compare", str(a_file), "--out", str(a_file)],
+        ["loop", "--data", str(a_file), "--suite", str(a_file), "--workdir", str(a_file)],
+        ["train", "--data", str(a_file), "--out", str(a_file)],
+    ):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2, command
+        assert "is a file" in " ".join(result.output.replace("│", " ").split()), command
