@@ -89,8 +89,12 @@ def read_run(path: Path) -> RunResult:
     """A RunResult from a results.json; an unreadable one is a user error naming the file."""
     try:
         return RunResult.read(path)
-    except (OSError, ValueError, ValidationError) as error:
-        raise HarnessError(f"not a readable results.json: {str(error).splitlines()[0]}", path=path) from None
+    except ValidationError as error:  # also JSON cut short: pydantic parses the file
+        location, message = first_error(error)
+        where = f" (field {'.'.join(str(part) for part in location)})" if location else ""
+        raise HarnessError(f"not a readable results.json: {message}{where}", path=path) from None
+    except (OSError, ValueError) as error:
+        raise HarnessError(f"not a readable results.json: {error}", path=path) from None
 
 
 def model_options(**flags: str | bool) -> ModelOptions:

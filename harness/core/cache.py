@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import HarnessError
 from harness.core.fingerprint import hash_json
 from harness.core.paths import cache_dir
 
@@ -26,7 +27,15 @@ class ResultCache:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=60)
-            self._set_up(self._db)
+            try:
+                self._set_up(self._db)
+            except sqlite3.DatabaseError as error:  # not a database, or a damaged one
+                self._db.close()
+                raise HarnessError(
+                    f"the result cache cannot be opened: {error}",
+                    path=path,
+                    hint="move the file aside (it only saves recomputation), or use another --cache-path or --no-cache",
+                ) from None
 
     @staticmethod
     def _set_up(db: sqlite3.Connection, attempts: int = 100) -> None:
@@ -38,8 +47,8 @@ class ResultCache:
                 db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 db.commit()
                 return
-            except sqlite3.OperationalError:
-                if attempt == attempts - 1:
+            except sqlite3.OperationalError as error:
+                if attempt == attempts - 1 or "locked" not in str(error):
                     raise
                 time.sleep(0.05)
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import HarnessError
 from harness.core.record import write_atomic
 
 HISTORY = "history.jsonl"
@@ -16,7 +17,17 @@ def read_history(workdir: Path) -> list[dict[str, Any]]:
     path = workdir / HISTORY
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise HarnessError(
+                f"not a JSON line: {error.msg}", path=path, line=number, hint="fix or delete that line"
+            ) from None
+    return entries
 
 
 def write_history(workdir: Path, entries: list[dict[str, Any]]) -> None:

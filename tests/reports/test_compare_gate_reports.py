@@ -262,3 +262,12 @@ def test_markdown_escapes_html_in_sample_text(real_runs: dict[str, Path]) -> Non
     assert "&lt;script&gt;alert(2)&lt;/script&gt;" in text and "&lt;img src=x" in text
     assert "<script>" not in text and "<img" not in text
     assert text.count("</details>") == text.count("<details>")
+
+
+def test_a_truncated_results_file_is_an_error_with_its_reason(real_runs: dict[str, Path], tmp_path: Path) -> None:
+    truncated = tmp_path / "results.json"
+    truncated.write_text(real_runs["greedy"].read_text()[:500])
+    result = CliRunner().invoke(app, ["compare", str(real_runs["greedy"]), str(truncated)])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert f"{truncated}: not a readable results.json: Invalid JSON: EOF" in text
