@@ -41,15 +41,33 @@ def _full_lengths(examples: list[Example], tokenizer: Any) -> list[int]:
     return [len(tokenize_example(e, tokenizer, max_seq_len=10**9, train_on_prompt=True).input_ids) for e in examples]
 
 
-def prepare_training_data(config: TrainConfig, data_path: Path, eval_path: Path | None, tokenizer: Any) -> TrainingData:
-    """Checked, tokenized training and eval examples. The eval set is `eval_path` or a seeded held-out split."""
+@dataclass
+class RawTrainingData:
+    """The data files' examples, read and parsed (bad rows found) before any model loads."""
+
+    data_path: Path
+    examples: list[Example]
+    skipped: list[HarnessError]
+    eval_path: Path | None
+    eval_examples: list[Example] | None
+
+
+def read_training_data(config: TrainConfig, data_path: Path, eval_path: Path | None) -> RawTrainingData:
+    """Parse the training (and eval) file: a malformed row stops here, naming its file, line and field."""
     examples, skipped = load_examples(data_path, config.data_format, config.skip_bad_rows)
+    eval_examples = load_examples(eval_path, config.data_format, config.skip_bad_rows)[0] if eval_path else None
+    return RawTrainingData(data_path, examples, skipped, eval_path, eval_examples)
+
+
+def prepare_training_data(config: TrainConfig, raw: RawTrainingData, tokenizer: Any) -> TrainingData:
+    """Checked, tokenized training and eval examples. The eval set is the eval file's or a seeded held-out split."""
+    data_path, eval_path, examples = raw.data_path, raw.eval_path, raw.examples
     report = check_examples(examples, _full_lengths(examples, tokenizer), config.max_seq_len, config.leakage_tasks)
-    report.skipped = [str(error) for error in skipped]
+    report.skipped = [str(error) for error in raw.skipped]
     drop = report.lines_to_drop(config.drop_duplicates, config.drop_leaked)
     examples = [e for e in examples if e.line not in drop]
-    if eval_path is not None:
-        eval_examples, _ = load_examples(eval_path, config.data_format, config.skip_bad_rows)
+    if raw.eval_examples is not None:
+        eval_examples = raw.eval_examples
         train_examples = examples
     else:
         order = np.random.default_rng(config.seed).permutation(len(examples))

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adapters import checkpoints
 from adapters.config import TrainConfig
-from adapters.data import TrainingData, prepare_training_data
+from adapters.data import TrainingData, prepare_training_data, read_training_data
 from adapters.graphs import MicroStep, micro_step
 from adapters.lora_addmm import use_lora_addmm
 from adapters.loss import supervised_nll
@@ -287,11 +287,12 @@ def train(
             field="--out",
             hint="pass --resume to continue its training, or choose another --out",
         )
+    raw_data = read_training_data(config, data_path, eval_path)  # bad rows stop the run before the model loads
     distributed.init_from_env()
     console = console or Console(stderr=True)
     model, loaded = build_model(config)
     pad_id = loaded.tokenizer.pad_token_id
-    data = prepare_training_data(config, data_path, eval_path, loaded.tokenizer)
+    data = prepare_training_data(config, raw_data, loaded.tokenizer)
     rows = _rows(data, config)
     schedule = micro_batch_schedule(len(rows), config)
     optimizer, scheduler = make_optimizer(model, config, len(schedule))

@@ -190,14 +190,38 @@ class LoadedModel:
     def load_adapter(self, adapter_dir: Path, name: str | None = None) -> str:
         """Register a PEFT adapter over the base (its weights attach on first use); returns its name."""
         adapter_dir = Path(adapter_dir)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise HarnessError(
-                "not a PEFT adapter folder (no adapter_config.json)", path=adapter_dir, field="--adapter"
-            )
+        check_adapter(adapter_dir)
         name = name or f"adapter{len(self.adapters)}"
         fingerprint = adapter_fingerprint(adapter_dir)
         self.adapters[name] = AdapterInfo(name=name, path=adapter_dir.resolve(), fingerprint=fingerprint)
         return name
+
+
+def check_adapter(adapter_dir: Path) -> None:
+    """A PEFT adapter folder whose config parses and whose safetensors weights are whole; checked before any model
+    loads (the weights attach on first use, so a damaged file failed only in the middle of an evaluation)."""
+    from safetensors import SafetensorError, safe_open
+
+    def bad(reason: str, path: Path) -> HarnessError:
+        return HarnessError(f"not a usable PEFT adapter: {reason}", path=path, field="--adapter")
+
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise bad("no adapter_config.json", adapter_dir)
+    try:
+        if not isinstance(json.loads(config_path.read_text(encoding="utf-8")), dict):
+            raise bad("its config is not a JSON object", config_path)
+    except (OSError, ValueError) as error:
+        raise bad(f"its config does not parse ({error})", config_path) from None
+    weights = sorted(adapter_dir.glob("adapter_model*.safetensors"))
+    if not weights and not any(adapter_dir.glob("adapter_model*.bin")):
+        raise bad("no adapter_model.safetensors", adapter_dir)
+    for path in weights:
+        try:
+            with safe_open(str(path), "pt") as tensors:
+                tensors.keys()
+        except (OSError, SafetensorError) as error:
+            raise bad(f"damaged weights ({error})", path) from None
 
 
 _UNORDERED_CONFIG_LISTS = ("target_modules", "modules_to_save", "exclude_modules")

@@ -70,7 +70,7 @@ def run(
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
     from harness.backends import distributed
-    from harness.backends.hf import load_model
+    from harness.backends.hf import check_adapter, load_model
     from harness.core.cache import ResultCache
     from harness.evaluation.catalog import get_tasks
     from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
@@ -89,6 +89,8 @@ def run(
         judge = _rubric_judge(endpoint, result_cache, rubrics_dir or [], seed)
         judge.check(specs)
     run_options = RunOptions(limit=limit, batch_size=batch_size, seed=seed, judge=judge)
+    for adapter_dir in adapter or []:
+        check_adapter(adapter_dir)
     loaded = load_model(options)
     adapter_names: list[str | None] = [loaded.load_adapter(path) for path in adapter or []] or [None]
     for adapter_name in adapter_names:

@@ -293,3 +293,19 @@ def test_training_refuses_to_overwrite_an_adapter_without_resume(tmp_path: Path)
     with pytest.raises(HarnessError, match="already holds an adapter") as raised:
         train(TrainConfig(), tmp_path / "missing.jsonl", out)
     assert "--resume" in str(raised.value) and str(out) in str(raised.value)
+
+
+def test_a_malformed_training_row_stops_before_the_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data file is parsed first: a bad row names its file, line and field without the minute a model load
+    takes (build_model is replaced by a probe that fails the test if reached)."""
+    import adapters.trainer
+    from harness.core.errors import HarnessError
+
+    def must_not_load(config: TrainConfig) -> None:
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(adapters.trainer, "build_model", must_not_load)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "Say hi", "output": "hi"}\n{"instruction": "Say bye", "output": \n')
+    with pytest.raises(HarnessError, match=r"train.jsonl:2"):
+        adapters.trainer.train(TrainConfig(), data, tmp_path / "out")

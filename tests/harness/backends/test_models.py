@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,29 @@ def test_auto_attention_never_drops_gemma2s_soft_cap(tmp_path: Path, monkeypatch
     assert models["auto"].config._attn_implementation == "eager"
     with torch.no_grad():
         torch.testing.assert_close(models["auto"](ids).logits, models["eager"](ids).logits)
+
+
+def test_a_damaged_adapter_is_refused_before_any_model_loads(
+    tiny_gemma3: Callable[..., torch.nn.Module], tmp_path: Path
+) -> None:
+    """A truncated safetensors file or a config that does not parse failed mid-evaluation (the weights attach on
+    first use); `harness run` now checks every --adapter first and exits 2 naming the file."""
+    from typer.testing import CliRunner
+
+    from harness.backends.hf import check_adapter
+    from harness.cli import app
+    from harness.core.errors import HarnessError
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(tiny_gemma3(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    check_adapter(adapter)  # whole: accepted
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(HarnessError, match="damaged weights") as raised:
+        check_adapter(adapter)
+    assert str(raised.value).startswith(f"{weights}: ")
+    result = CliRunner().invoke(app, ["run", "--tasks", "factual_qa", "--adapter", str(adapter)])
+    assert result.exit_code == 2 and "damaged weights" in result.output
+    (adapter / "adapter_config.json").write_text("{not json")
+    with pytest.raises(HarnessError, match="its config does not parse"):
+        check_adapter(adapter)
