@@ -1,12 +1,15 @@
 """Judge prompts. Everything the judge reads that came from a model or a dataset is fenced in tags carrying a
 nonce that occurs nowhere in that text, so a candidate cannot close its fence; the judge is told that fenced
-text is data, never instructions. Prompts are deterministic (the nonce comes from a hash), so they cache.
+text is data, never instructions. Chat-template control strings in fenced text (`<|im_start|>`, `<end_of_turn>`,
+`[INST]`, ...) are broken up first: a server that tokenises special tokens in its input (llama.cpp does) would
+otherwise turn them into real turns. Prompts are deterministic (the nonce comes from a hash), so they cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +33,22 @@ def fence_nonce(*texts: str) -> str:
     raise AssertionError("no fence nonce found")  # 1000 collisions of a 48-bit hash: impossible in practice
 
 
+# Control strings of the common chat templates: ChatML and Llama 3 style <|...|>, Gemma's turn and sequence tokens,
+# Llama 2 / Mistral's [INST] and <<SYS>>.
+SPECIAL_TOKENS = re.compile(
+    r"<\|[^<>|\s]{0,40}\|>|</?(?:s|bos|eos|pad|unk|mask|start_of_turn|end_of_turn)>|\[/?INST\]|<</?SYS>>"
+)
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def neutralise_special_tokens(text: str) -> str:
+    """`text` with every chat-template control string broken by a zero-width space after its first character: it
+    reads the same, but no tokenizer matches it as a special token."""
+    return SPECIAL_TOKENS.sub(lambda match: match[0][0] + ZERO_WIDTH_SPACE + match[0][1:], text)
+
+
 def fence(label: str, text: str, nonce: str) -> str:
-    return f"<{label}-{nonce}>\n{text}\n</{label}-{nonce}>"
+    return f"<{label}-{nonce}>\n{neutralise_special_tokens(text)}\n</{label}-{nonce}>"
 
 
 def _rubric_text(rubric: Rubric) -> str:
