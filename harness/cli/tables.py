@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Column, Table
 
-from harness.core.record import RunResult
+from harness.core.record import MetricValue, RunResult
 
 
 def _format_metric(value: float, stderr: float | None) -> str:
@@ -14,8 +14,15 @@ def _format_metric(value: float, stderr: float | None) -> str:
     return f"{text} ± {stderr:.2g}" if stderr is not None else text
 
 
+def sample_count(metric_value: MetricValue, n_samples: int) -> str:
+    """The samples a value is over: a judge metric's valid judgments, with its errors beside them."""
+    if metric_value.n is None:
+        return str(n_samples)
+    return f"{metric_value.n} ({metric_value.n_errors} errors)" if metric_value.n_errors else str(metric_value.n)
+
+
 def results_table(run_result: RunResult, title: str) -> Table:
-    """One row per task and metric, with bootstrap standard errors."""
+    """One row per task and metric, with bootstrap standard errors and the samples each value is over."""
     table = Table("task", "metric", "value", "n", "cached", title=title)
     for task_name, task_result in run_result.tasks.items():
         for key, metric_value in task_result.metrics.items():
@@ -23,7 +30,7 @@ def results_table(run_result: RunResult, title: str) -> Table:
                 task_name,
                 key,
                 _format_metric(metric_value.value, metric_value.stderr),
-                str(task_result.n_samples),
+                sample_count(metric_value, task_result.n_samples),
                 str(task_result.n_cached),
             )
     return table

@@ -71,3 +71,14 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path: Pa
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 2, command
         assert "is a file" in " ".join(result.output.replace("│", " ").split()), command
+
+
+def test_a_judge_metrics_n_is_its_valid_judgments_with_the_errors_beside() -> None:
+    """The console showed n 17 for a judge metric computed from 9 judgments."""
+    from harness.cli.tables import sample_count
+    from harness.core.record import MetricValue
+
+    judged = MetricValue(value=3.5, metric="judge:general", n=9, n_errors=8)
+    assert sample_count(judged, 17) == "9 (8 errors)"
+    assert sample_count(MetricValue(value=3.5, metric="judge:general", n=17, n_errors=0), 17) == "17"
+    assert sample_count(MetricValue(value=0.5, metric="exact_match"), 17) == "17"
