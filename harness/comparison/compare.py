@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,9 @@ from harness.core.record import RunResult, SampleRecord, TaskResult, TaskRunSpec
 from harness.metrics import get_metric
 from harness.metrics.stats import resample_counts
 
-N_RESAMPLES = 2000
+N_RESAMPLES = 2000  # bootstrap resamples for intervals
+N_PERMUTATIONS = 10_000  # random swap patterns for a permutation p-value (Monte Carlo error <= 0.005)
+EXACT_PERMUTATION_MAX_N = 12  # up to 2^12 = 4096 patterns: every one, an exact p-value
 MDE_FACTOR = 1.959964 + 0.841621  # two-sided alpha 0.05 and 80% power, on the standard error of the delta
 N_FLIPS = 5
 
@@ -33,6 +36,7 @@ class MetricComparison(BaseModel):
     ci_low: float | None = None
     ci_high: float | None = None
     p_value: float | None = None
+    p_value_error: float | None = None  # the Monte Carlo standard error of a p-value from random permutations
     test: str
     mde: float | None = None
     n: int
@@ -124,15 +128,35 @@ def _corpus_deltas(
     )
 
 
+@dataclass(frozen=True)
+class PairedStats:
+    """The paired difference value(B) - value(A): its bootstrap interval and standard error, and its permutation
+    p-value (exact over every swap pattern for a few pairs; else from random swaps, with their Monte Carlo error)."""
+
+    ci_low: float
+    ci_high: float
+    stderr: float
+    p_value: float
+    p_value_error: float | None
+    test: str
+
+
+def _swap_patterns(n: int, seed: int) -> tuple[np.ndarray, bool]:
+    """Which pairs swap sides, one row per permutation: all 2^n patterns when that is few, else random draws."""
+    if n <= EXACT_PERMUTATION_MAX_N:
+        return ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.float64), True
+    return np.random.default_rng(seed + 1).integers(0, 2, size=(N_PERMUTATIONS, n)).astype(np.float64), False
+
+
 def paired_statistics(
     value: Callable[[Sequence[float]], dict[str, float]], rows_a: np.ndarray, rows_b: np.ndarray, key: str, seed: int
-) -> tuple[float, float, float, float]:
-    """(CI low, CI high, standard error, permutation p-value) of value(B) - value(A) over paired rows."""
+) -> PairedStats:
+    """Bootstrap interval and permutation test of value(B) - value(A) over paired rows of sufficient statistics."""
     n = len(rows_a)
     counts = resample_counts(n, N_RESAMPLES, seed).astype(np.float64)
     boot = _corpus_deltas(value, rows_a, rows_b, counts, counts, key)
     boot = boot[np.isfinite(boot)]
-    swaps = np.random.default_rng(seed + 1).integers(0, 2, size=(N_RESAMPLES, n)).astype(np.float64)
+    swaps, exact = _swap_patterns(n, seed)
     permuted = _corpus_deltas(
         value,
         np.concatenate([rows_a, rows_b]),
@@ -142,9 +166,17 @@ def paired_statistics(
         key,
     )
     observed = value(rows_b.sum(0).tolist())[key] - value(rows_a.sum(0).tolist())[key]
-    p_value = (1 + np.sum(np.abs(permuted) >= abs(observed) - 1e-12)) / (1 + len(permuted))
+    extreme = int(np.sum(np.abs(permuted) >= abs(observed) - 1e-12))
+    if exact:  # the identity pattern is among them, so the p-value is never 0
+        p_value, p_error, test = extreme / len(permuted), None, "exact paired permutation"
+    else:
+        p_value = (1 + extreme) / (1 + len(permuted))
+        p_error, test = (
+            math.sqrt(p_value * (1 - p_value) / len(permuted)),
+            f"paired permutation ({N_PERMUTATIONS} draws)",
+        )
     low, high = np.percentile(boot, [2.5, 97.5])
-    return float(low), float(high), float(boot.std(ddof=1)), float(p_value)
+    return PairedStats(float(low), float(high), float(boot.std(ddof=1)), float(p_value), p_error, test)
 
 
 def _metric_rows(config: dict[str, Any], samples: Sequence[SampleRecord]) -> tuple[Any, np.ndarray]:
@@ -173,10 +205,11 @@ def _compare_metrics(
         if key in metric_def.info_keys:
             continue
         baseline, candidate = value(rows_a.sum(0).tolist())[key], value(rows_b.sum(0).tolist())[key]
-        low, high, stderr, p_value = paired_statistics(value, rows_a, rows_b, key, seed)
-        test = "paired permutation"
+        stats = paired_statistics(value, rows_a, rows_b, key, seed)
+        p_value, p_error, test = stats.p_value, stats.p_value_error, stats.test
         if metric_def.name == "exact_match":
-            p_value, test = mcnemar_p(rows_a[:, 0].tolist(), rows_b[:, 0].tolist()), "exact McNemar"
+            p_value, p_error = mcnemar_p(rows_a[:, 0].tolist(), rows_b[:, 0].tolist()), None
+            test = "exact McNemar"
         comparisons.append(
             MetricComparison(
                 task=task,
@@ -185,11 +218,12 @@ def _compare_metrics(
                 baseline=baseline,
                 candidate=candidate,
                 delta=candidate - baseline,
-                ci_low=low,
-                ci_high=high,
+                ci_low=stats.ci_low,
+                ci_high=stats.ci_high,
                 p_value=p_value,
+                p_value_error=p_error,
                 test=test,
-                mde=MDE_FACTOR * stderr,
+                mde=MDE_FACTOR * stats.stderr,
                 n=len(a),
             )
         )
@@ -207,7 +241,7 @@ def _compare_judge_scores(
         return {key: totals[0] / totals[1] if totals[1] else math.nan}
 
     baseline, candidate = mean(rows_a.sum(0).tolist())[key], mean(rows_b.sum(0).tolist())[key]
-    stats = paired_statistics(mean, rows_a, rows_b, key, seed) if len(pairs) >= 2 else (None, None, None, None)
+    stats = paired_statistics(mean, rows_a, rows_b, key, seed) if len(pairs) >= 2 else None
     return MetricComparison(
         task=task,
         metric=key,
@@ -215,11 +249,12 @@ def _compare_judge_scores(
         baseline=baseline,
         candidate=candidate,
         delta=candidate - baseline,
-        ci_low=stats[0],
-        ci_high=stats[1],
-        p_value=stats[3],
-        test="paired permutation",
-        mde=MDE_FACTOR * stats[2] if stats[2] is not None else None,
+        ci_low=stats.ci_low if stats else None,
+        ci_high=stats.ci_high if stats else None,
+        p_value=stats.p_value if stats else None,
+        p_value_error=stats.p_value_error if stats else None,
+        test=stats.test if stats else "paired permutation",
+        mde=MDE_FACTOR * stats.stderr if stats else None,
         n=len(pairs),
         baseline_errors=sum(key not in s.scores for s in a),
         candidate_errors=sum(key not in s.scores for s in b),
