@@ -11,7 +11,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
-    help="Evaluate base and fine-tuned language models.",
+    help="Evaluate base and fine-tuned language models.\n\n"
+    "Exit codes: 0 ok, 1 a gate rule failed, 2 bad input or usage, 3 internal error.",
 )
 app.command("tasks")(run.list_tasks)
 app.command("run")(run.run)

@@ -45,7 +45,8 @@ def gate_command(
     out: Annotated[Path, typer.Option(file_okay=False, help="Folder for the reports")] = Path("report"),
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Exit 0 if the candidate passes every rule against the baseline, else 1; writes JUnit and Markdown."""
+    """Exit 0 if the candidate passes every rule against the baseline, 1 if one fails, 2 if the rules are bad (a
+    rule naming a task or metric the runs lack); writes JUnit and Markdown."""
     from harness.comparison.compare import compare_runs
     from harness.comparison.gate import load_rules, run_gate
     from harness.core.record import write_atomic

@@ -51,8 +51,7 @@ def test_user_folder_with_yaml_and_python_task(tmp_path: Path) -> None:
     )
     (tmp_path / "python_tasks.py").write_text(
         "from pathlib import Path\n"
-        "from harness import task\n"
-        "from harness.core.taskspec import TaskSpec\n\n"
+        "from harness import TaskSpec, task\n\n"
         "@task('python_task')\n"
         "def python_task() -> TaskSpec:\n"
         "    return TaskSpec(name='python_task', kind='perplexity', data=Path(__file__).parent / 'rows.jsonl',\n"
