@@ -87,7 +87,19 @@ def loss_chart(training: dict[str, Any]) -> str:
         f'<h2>Training</h2><svg width="{width}" height="{height}" role="img" aria-label="loss curve">'
         f'<polyline fill="none" stroke="#3b6fb6" stroke-width="2" points="{train_line}"/>{eval_dots}'
         f'<text x="{pad}" y="15" font-size="12">train loss (line), held-out eval loss (dots); max '
-        f"{max_loss:.3g}, {max_step} steps</text></svg>"
+        f"{max_loss:.3g}, {max_step} steps</text></svg>{_step_zero_note(training)}"
+    )
+
+
+def _step_zero_note(training: dict[str, Any]) -> str:
+    """The step-0 eval loss is the base as the trainer loads it: quantized under QLoRA, unlike the base that
+    `harness run` evaluates by default, so the two need not agree."""
+    quant = training.get("config", {}).get("quant", "none")
+    if quant == "none" or not any(p["step"] == 0 for p in training.get("eval_curve", [])):
+        return ""
+    return (
+        f'<p class="note">The step-0 eval loss is the base model as trained: {escape(quant)}-quantized, not the '
+        "unquantized base the baseline run evaluated.</p>"
     )
 
 

@@ -271,3 +271,12 @@ def test_a_truncated_results_file_is_an_error_with_its_reason(real_runs: dict[st
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert f"{truncated}: not a readable results.json: Invalid JSON: EOF" in text
+
+
+def test_the_loss_chart_says_the_step_zero_loss_is_the_quantized_base() -> None:
+    """Under QLoRA the trainer's step-0 eval loss is the NF4 base's, not the base `harness run` scored."""
+    from reports.html import loss_chart
+
+    curve = {"loss_curve": [{"step": 1, "loss": 2.0}], "eval_curve": [{"step": 0, "eval_loss": 2.5}]}
+    assert "nf4-quantized" in loss_chart({**curve, "config": {"quant": "nf4"}})
+    assert "quantized" not in loss_chart({**curve, "config": {"quant": "none"}})
