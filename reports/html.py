@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.comparison.compare import Comparison, MetricComparison, RunComparison, TaskComparison
 from harness.comparison.gate import RuleOutcome
-from reports.markdown import format_number, significance_marker
+from reports.markdown import format_number, format_p_value, significance_marker
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -111,7 +111,7 @@ def _metric_rows(task: TaskComparison) -> str:
         rows.append(
             f"<tr><td>{escape(m.metric)}</td><td>{format_number(m.baseline)}</td><td>{format_number(m.candidate)}</td>"
             f'<td class="{css}">{m.delta:+.4g}</td><td>[{format_number(m.ci_low)}, {format_number(m.ci_high)}]</td>'
-            f"<td>{format_number(m.p_value)}</td><td>{format_number(m.mde)}</td><td>{m.n}</td>"
+            f"<td>{format_p_value(m.p_value)}</td><td>{format_number(m.mde)}</td><td>{m.n}</td>"
             f'<td class="{css}">{escape(marker)}</td></tr>'
         )
     header = (

@@ -18,6 +18,13 @@ def format_number(value: float | None) -> str:
     return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
 
 
+def format_p_value(value: float | None) -> str:
+    """A p-value readable at a glance: three decimals, or scientific notation below 0.001 (never 0.000...)."""
+    if value is None:
+        return "–"
+    return f"{value:.1e}" if value < 1e-3 else f"{value:.3f}"
+
+
 def significance_marker(metric: MetricComparison) -> str:
     if metric.p_value is None or metric.p_value >= ALPHA or metric.delta == 0:
         return "·"
@@ -50,7 +57,7 @@ def _metric_table(tasks: Sequence[TaskComparison]) -> list[str]:
             errors = f" ({m.candidate_errors} judge errors)" if m.candidate_errors else ""
             lines.append(
                 f"| {task.task} | {m.metric}{errors} | {format_number(m.baseline)} | {format_number(m.candidate)} | "
-                f"{m.delta:+.4g} | {ci} | {format_number(m.p_value)} | {format_number(m.mde)} | "
+                f"{m.delta:+.4g} | {ci} | {format_p_value(m.p_value)} | {format_number(m.mde)} | "
                 f"{significance_marker(m)} |"
             )
     return lines

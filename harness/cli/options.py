@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,8 +19,18 @@ from harness.core.errors import HarnessError
 from harness.core.record import RunResult
 from harness.core.yamlfile import first_error
 
-console = Console()
-err_console = Console(stderr=True)
+# A log or a pipe gets tables at their natural width (up to LOG_WIDTH), never cut ("baseli…") or folded mid-word
+# as rich does at its default 80 columns; a terminal keeps its own width.
+LOG_WIDTH = 400
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else LOG_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

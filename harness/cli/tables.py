@@ -37,7 +37,7 @@ def results_table(run_result: RunResult, title: str) -> Table:
 
 
 def headline_table(comparison: Any) -> Table:
-    from reports.markdown import format_number, significance_marker
+    from reports.markdown import format_number, format_p_value, significance_marker
 
     table = Table("baseline", "candidate", "delta", "95% CI", "p", "")
     # Task and metric names wrap rather than being cut to "notice…" in a narrow terminal.
@@ -53,7 +53,7 @@ def headline_table(comparison: Any) -> Table:
                     format_number(m.candidate),
                     f"{m.delta:+.4g}",
                     f"[{format_number(m.ci_low)}, {format_number(m.ci_high)}]",
-                    format_number(m.p_value),
+                    format_p_value(m.p_value),
                     significance_marker(m),
                 )
     return table

@@ -280,3 +280,18 @@ def test_the_loss_chart_says_the_step_zero_loss_is_the_quantized_base() -> None:
     curve = {"loss_curve": [{"step": 1, "loss": 2.0}], "eval_curve": [{"step": 0, "eval_loss": 2.5}]}
     assert "nf4-quantized" in loss_chart({**curve, "config": {"quant": "nf4"}})
     assert "quantized" not in loss_chart({**curve, "config": {"quant": "none"}})
+
+
+def test_tables_in_a_log_keep_every_name_and_number_whole(real_runs: dict[str, Path], tmp_path: Path) -> None:
+    """Not a terminal (a CI log): rich cut tables to 80 columns ("baseli…", "0.000…"); now each row is whole, and
+    a small p-value is in scientific notation."""
+    from reports.markdown import format_p_value
+
+    result = CliRunner().invoke(
+        app, ["compare", str(real_runs["greedy"]), str(real_runs["regressed"]), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0
+    assert "…" not in result.output and "baseline" in result.output and "candidate" in result.output
+    rows = [line for line in result.output.splitlines() if "plain_english" in line and "rougeLsum" in line]
+    assert len(rows) == 1
+    assert [format_p_value(p) for p in (0.5, 0.0123, 0.00049, None)] == ["0.500", "0.012", "4.9e-04", "–"]
