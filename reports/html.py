@@ -201,7 +201,7 @@ def render_html(
     if gate:
         items = "".join(
             f'<li class="{"pass" if o.passed else "fail"}">{escape(o.rule.task)}/{escape(o.rule.metric)}:'
-            f" {escape(o.message)}</li>"
+            f" {escape(o.detail)}</li>"
             for o in gate
         )
         gate_html = f"<h2>Gate: {'passed' if all(o.passed for o in gate) else 'failed'}</h2><ul>{items}</ul>"

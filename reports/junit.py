@@ -14,7 +14,7 @@ def render_junit(outcomes: Sequence[RuleOutcome]) -> str:
     for outcome in outcomes:
         case = ET.SubElement(suite, "testcase", classname=f"gate.{outcome.rule.task}", name=outcome.rule.metric)
         if outcome.passed:
-            ET.SubElement(case, "system-out").text = outcome.message
+            ET.SubElement(case, "system-out").text = outcome.detail
         else:
-            ET.SubElement(case, "failure", message=outcome.message, type="regression").text = outcome.message
+            ET.SubElement(case, "failure", message=outcome.detail, type="regression").text = outcome.detail
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)

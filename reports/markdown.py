@@ -102,7 +102,7 @@ def gate_summary(outcomes: Sequence[RuleOutcome]) -> str:
     passed = all(o.passed for o in outcomes)
     lines = [f"### Gate: {'✅ passed' if passed else '❌ failed'}", "", "| rule | result | detail |", "|---|---|---|"]
     lines += [
-        f"| {o.rule.task}/{o.rule.metric} | {'pass' if o.passed else '**FAIL**'} | {_clip(o.message)} |"
+        f"| {o.rule.task}/{o.rule.metric} | {'pass' if o.passed else '**FAIL**'} | {_clip(o.detail)} |"
         for o in outcomes
     ]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from harness.cli.options import EXIT_GATE_FAILED, JudgeKeyOption, JudgeModelOption, console, err_console, user_errors
-from harness.cli.tables import headline_table
+from harness.cli.tables import gate_table, headline_table
 from harness.core.errors import HarnessError
 
 
@@ -52,6 +52,7 @@ def loop_command(
     )
     console.print(f"report: {outcome.report_dir / 'report.html'}  (Markdown: {outcome.report_dir / 'report.md'})")
     if outcome.gate:
+        console.print(gate_table(outcome.gate))
         console.print(f"gate: {'passed' if outcome.passed else '[red]FAILED[/]'}")
         if not outcome.passed:
             raise typer.Exit(EXIT_GATE_FAILED)

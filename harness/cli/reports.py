@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from harness.cli.options import EXIT_GATE_FAILED, console, read_json, read_run, user_errors
-from harness.cli.tables import headline_table, results_table
+from harness.cli.tables import gate_table, headline_table, results_table
 from harness.core.errors import HarnessError
 from harness.core.record import RunResult
 
@@ -58,12 +57,7 @@ def gate_command(
     _write_reports(comparison, out, outcomes)
     if junit:
         write_atomic(junit, render_junit(outcomes))
-    table = Table("rule", "result", "detail", title="gate")
-    for outcome in outcomes:
-        table.add_row(
-            f"{outcome.rule.task}/{outcome.rule.metric}", "pass" if outcome.passed else "[red]FAIL[/]", outcome.message
-        )
-    console.print(table)
+    console.print(gate_table(outcomes))
     if not all(outcome.passed for outcome in outcomes):
         raise typer.Exit(EXIT_GATE_FAILED)
 

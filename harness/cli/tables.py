@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Column, Table
 
+from harness.comparison.gate import RuleOutcome
 from harness.core.record import MetricValue, RunResult
 
 
@@ -56,4 +58,13 @@ def headline_table(comparison: Any) -> Table:
                     format_p_value(m.p_value),
                     significance_marker(m),
                 )
+    return table
+
+
+def gate_table(outcomes: Sequence[RuleOutcome]) -> Table:
+    """One row per gate rule: pass or FAIL, the values, and every check with its threshold and margin."""
+    table = Table("rule", "result", "detail", title="gate")
+    for outcome in outcomes:
+        result = "pass" if outcome.passed else "[red]FAIL[/]"
+        table.add_row(f"{outcome.rule.task}/{outcome.rule.metric}", result, outcome.detail)
     return table

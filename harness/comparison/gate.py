@@ -58,7 +58,13 @@ class GateRules(BaseModel):
 class RuleOutcome(BaseModel):
     rule: GateRule
     passed: bool
-    message: str
+    message: str  # every check of the rule: its threshold, the value compared with it, the margin
+    observed: str = ""  # baseline -> candidate (delta)
+
+    @property
+    def detail(self) -> str:
+        """What the reports print: the values, then each check."""
+        return f"{self.observed}: {self.message}" if self.observed else self.message
 
 
 def load_rules(path: Path) -> GateRules:
@@ -71,49 +77,88 @@ def _worsening(metric: MetricComparison) -> float:
     return -metric.delta if metric.higher_is_better else metric.delta
 
 
-def _drop_failures(rule: GateRule, metric: MetricComparison, alpha: float) -> list[str]:
+Check = tuple[bool, str]  # (passed, the threshold, the value compared with it and the margin, in words)
+
+
+def _p_text(metric: MetricComparison) -> str:
+    return "n/a" if metric.p_value is None else f"{metric.p_value:.3g}"
+
+
+def _drop_checks(rule: GateRule, metric: MetricComparison, alpha: float) -> list[Check]:
     if rule.max_drop is None and rule.max_drop_relative is None:
         return []
     if math.isnan(metric.baseline):
-        return ["the baseline has no valid values to measure a drop from"]
+        return [(False, "the baseline has no valid values to measure a drop from")]
     worse = _worsening(metric)
     significant = metric.p_value is not None and metric.p_value < alpha
     # From a baseline of 0 any worsening is infinitely large, and no worsening none at all.
     relative = worse / abs(metric.baseline) if metric.baseline else (math.inf if worse > 0 else 0.0)
-    return [
-        f"worse by {amount:.4g} > {name} {limit:g} (p={metric.p_value:.3g})"
-        for name, limit, amount in (
-            ("max_drop", rule.max_drop, worse),
-            ("max_drop_relative", rule.max_drop_relative, relative),
+    checks: list[Check] = []
+    for name, limit, amount in (
+        ("max_drop", rule.max_drop, worse),
+        ("max_drop_relative", rule.max_drop_relative, relative),
+    ):
+        if limit is None:
+            continue
+        if amount <= limit:
+            change = f"worse by {amount:.4g}" if amount > 0 else f"better by {-amount:.4g}" if amount else "unchanged"
+            checks.append((True, f"{change}, within {name} {limit:g} (margin {limit - amount:.4g})"))
+        elif significant or not rule.require_significant:
+            checks.append((False, f"worse by {amount:.4g} > {name} {limit:g} (p={_p_text(metric)})"))
+        else:
+            checks.append((True, f"worse by {amount:.4g} > {name} {limit:g}, not significant (p={_p_text(metric)})"))
+    return checks
+
+
+def _bound_checks(rule: GateRule, metric: MetricComparison) -> list[Check]:
+    value, checks = metric.candidate, []
+    if rule.min is not None:
+        passed = value >= rule.min
+        checks.append(
+            (
+                passed,
+                f"{value:.4g} {'>=' if passed else '<'} min {rule.min:g}"
+                + (f" (margin {value - rule.min:.4g})" if passed else ""),
+            )
         )
-        if limit is not None and amount > limit and (significant or not rule.require_significant)
-    ]
+    if rule.max is not None:
+        passed = value <= rule.max
+        checks.append(
+            (
+                passed,
+                f"{value:.4g} {'<=' if passed else '>'} max {rule.max:g}"
+                + (f" (margin {rule.max - value:.4g})" if passed else ""),
+            )
+        )
+    return checks
 
 
-def _judge_error_failures(rule: GateRule, metric: MetricComparison, n_samples: int) -> list[str]:
+def _judge_error_checks(rule: GateRule, metric: MetricComparison, n_samples: int) -> list[Check]:
     """The judge's errors over the candidate's samples (metric.n counts only those both runs scored)."""
     if metric.candidate_errors is None:
         return []
     limit = DEFAULT_MAX_JUDGE_ERROR_RATE if rule.max_judge_error_rate is None else rule.max_judge_error_rate
     rate = metric.candidate_errors / n_samples if n_samples else 1.0
-    return [f"judge error rate {rate:.2f} > {limit:g}"] if rate > limit else []
+    return [(rate <= limit, f"judge error rate {rate:.2f} {'<=' if rate <= limit else '>'} {limit:g}")]
 
 
 def check_rule(rule: GateRule, comparison: RunComparison, alpha: float) -> RuleOutcome:
-    """One rule against the comparison's metric (which `run_gate` has checked exists)."""
+    """One rule against the comparison's metric (which `run_gate` has checked exists): every check it makes, with
+    its threshold, the value compared and the margin, passed or not."""
     task = comparison.tasks[rule.task]
     metric = next(m for m in task.metrics if m.metric == rule.metric)
+    observed = f"{metric.baseline:.4g} -> {metric.candidate:.4g} (delta {metric.delta:+.4g})"
     if math.isnan(metric.candidate):
         errors = f" ({metric.candidate_errors} judge errors)" if metric.candidate_errors else ""
         return RuleOutcome(rule=rule, passed=False, message=f"the candidate has no valid values{errors}")
-    failures = _drop_failures(rule, metric, alpha)
-    if rule.min is not None and metric.candidate < rule.min:
-        failures.append(f"{metric.candidate:.4g} < min {rule.min:g}")
-    if rule.max is not None and metric.candidate > rule.max:
-        failures.append(f"{metric.candidate:.4g} > max {rule.max:g}")
-    failures += _judge_error_failures(rule, metric, task.n_shared)
-    summary = f"{metric.baseline:.4g} -> {metric.candidate:.4g} (delta {metric.delta:+.4g})"
-    return RuleOutcome(rule=rule, passed=not failures, message="; ".join(failures) or summary)
+    checks = [
+        *_drop_checks(rule, metric, alpha),
+        *_bound_checks(rule, metric),
+        *_judge_error_checks(rule, metric, task.n_shared),
+    ]
+    failed = [text for passed, text in checks if not passed]
+    message = "; ".join(failed + [text for passed, text in checks if passed])  # failures first
+    return RuleOutcome(rule=rule, passed=not failed, message=message, observed=observed)
 
 
 def _check_names(rules: GateRules, comparison: RunComparison) -> None:

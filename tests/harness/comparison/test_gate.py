@@ -76,3 +76,18 @@ def test_a_relative_drop_from_zero_fails_only_when_worse(candidate: float, passe
     rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", max_drop_relative=1.5)])
     (outcome,) = run_gate(rules, _comparison(0.0, candidate))
     assert outcome.passed is passed
+
+
+def test_every_check_says_its_threshold_value_and_margin() -> None:
+    """A passing rule said only "44.08 -> 98.2": now each check names its threshold, the value compared with it and
+    the margin, failures first, and `detail` puts the observed values in front."""
+    rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", min=3.0, max_drop=0.5)])
+    (passing,) = run_gate(rules, _comparison(4.0, 3.8, candidate_errors=0))
+    assert passing.passed
+    assert passing.message == (
+        "worse by 0.2, within max_drop 0.5 (margin 0.3); 3.8 >= min 3 (margin 0.8); judge error rate 0.00 <= 0.5"
+    )
+    assert passing.detail.startswith("4 -> 3.8 (delta -0.2): worse by 0.2")
+    (failing,) = run_gate(rules, _comparison(4.0, 2.9, candidate_errors=0))
+    assert not failing.passed
+    assert failing.message.startswith("worse by 1.1 > max_drop 0.5 (p=0.5); 2.9 < min 3; judge error rate")
