@@ -111,25 +111,14 @@ def _drop_checks(rule: GateRule, metric: MetricComparison, alpha: float) -> list
 
 
 def _bound_checks(rule: GateRule, metric: MetricComparison) -> list[Check]:
-    value, checks = metric.candidate, []
-    if rule.min is not None:
-        passed = value >= rule.min
-        checks.append(
-            (
-                passed,
-                f"{value:.4g} {'>=' if passed else '<'} min {rule.min:g}"
-                + (f" (margin {value - rule.min:.4g})" if passed else ""),
-            )
-        )
-    if rule.max is not None:
-        passed = value <= rule.max
-        checks.append(
-            (
-                passed,
-                f"{value:.4g} {'<=' if passed else '>'} max {rule.max:g}"
-                + (f" (margin {rule.max - value:.4g})" if passed else ""),
-            )
-        )
+    """`min` and `max` on the candidate's value; the margin is how far inside the bound it lies."""
+    checks: list[Check] = []
+    for name, bound, inside, outside, sign in (("min", rule.min, ">=", "<", 1), ("max", rule.max, "<=", ">", -1)):
+        if bound is None:
+            continue
+        margin = sign * (metric.candidate - bound)
+        text = f"{metric.candidate:.4g} {inside if margin >= 0 else outside} {name} {bound:g}"
+        checks.append((margin >= 0, text + (f" (margin {margin:.4g})" if margin >= 0 else "")))
     return checks
 
 

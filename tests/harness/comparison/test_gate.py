@@ -91,3 +91,10 @@ def test_every_check_says_its_threshold_value_and_margin() -> None:
     (failing,) = run_gate(rules, _comparison(4.0, 2.9, candidate_errors=0))
     assert not failing.passed
     assert failing.message.startswith("worse by 1.1 > max_drop 0.5 (p=0.5); 2.9 < min 3; judge error rate")
+
+
+@pytest.mark.parametrize(("candidate", "text"), [(2.9, "2.9 <= max 3 (margin 0.1)"), (3.8, "3.8 > max 3")])
+def test_a_max_bound_reads_the_same_way(candidate: float, text: str) -> None:
+    rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", max=3.0)])
+    (outcome,) = run_gate(rules, _comparison(4.0, candidate))
+    assert outcome.message == text and outcome.passed is (candidate <= 3.0)
