@@ -152,11 +152,15 @@ def _render(template: jinja2.Template, values: dict[str, Any], spec: TaskSpec, l
         raise HarnessError(f"template failed: {error}", path=spec.data, line=line, field="template") from None
 
 
+def _fewshot_answer(example: dict[str, Any], spec: TaskSpec) -> str:
+    """A few-shot example's answer: its reference, or the first of a list of references (not the list's repr)."""
+    answer = example.get(spec.reference_field or "", "")
+    return str(answer[0] if isinstance(answer, list) and answer else answer)
+
+
 def _fewshot_prefix(spec: TaskSpec, template: jinja2.Template) -> str:
     shots = [
-        _render(template, example, spec, None)
-        + spec.target_delimiter
-        + str(example.get(spec.reference_field or "", ""))
+        _render(template, example, spec, None) + spec.target_delimiter + _fewshot_answer(example, spec)
         for example in spec.fewshot
     ]
     return "".join(shot + spec.fewshot_separator for shot in shots)

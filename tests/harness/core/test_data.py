@@ -83,3 +83,11 @@ def test_templates_cannot_reach_python_internals(data_files: dict[str, Path], tm
     with pytest.raises(HarnessError, match=r"rows.jsonl:1: field 'template': template failed: .*unsafe"):
         build_samples(spec, read_rows(data_files["jsonl"]))
     assert not marker.exists()
+
+
+def test_a_fewshot_answer_given_as_a_list_shows_its_first_reference(data_files: dict[str, Path]) -> None:
+    """Rows may carry several references; a few-shot example written the same way showed "['Lisbon', 'lisbon']"."""
+    fewshot = [{"question": "Capital of Portugal?", "answer": ["Lisbon", "lisbon"]}]
+    spec = spec_for(data_files["jsonl"], fewshot=fewshot)
+    first = build_samples(spec, read_rows(data_files["jsonl"]))[0]
+    assert first.prompt.startswith("Q: Capital of Portugal?\nA: Lisbon\n\nQ: Q1?")
