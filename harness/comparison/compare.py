@@ -1,5 +1,5 @@
 """Compare runs: per task and metric, both values, the delta, a paired-bootstrap 95% CI of the delta over the
-shared samples, a p-value (exact McNemar for exact match, else a paired permutation test), the smallest
+shared samples, a p-value (exact McNemar for 0/1 outcomes such as exact match and acc, else a paired permutation test), the smallest
 difference this sample size could detect, and the samples that flipped most. Reads RunResult records only.
 """
 
@@ -179,8 +179,8 @@ def paired_statistics(
     return PairedStats(float(low), float(high), float(boot.std(ddof=1)), float(p_value), p_error, test)
 
 
-def _metric_rows(config: dict[str, Any], samples: Sequence[SampleRecord]) -> tuple[Any, np.ndarray]:
-    metric_def = get_metric(config["name"])
+def _metric_rows(config: dict[str, Any], kind: str, samples: Sequence[SampleRecord]) -> tuple[Any, np.ndarray]:
+    metric_def = get_metric(config["name"], kind)  # type: ignore[arg-type]
     rows = metric_def.sufficient_stats(
         config.get("options", {}),
         [s.scores for s in samples],
@@ -190,11 +190,17 @@ def _metric_rows(config: dict[str, Any], samples: Sequence[SampleRecord]) -> tup
     return metric_def, np.asarray(rows, dtype=np.float64)
 
 
+def _binary_mean(metric_def: Any, rows_a: np.ndarray, rows_b: np.ndarray) -> bool:
+    """Whether the metric is a mean of 0/1 per-sample outcomes (exact match, acc): then McNemar's test applies."""
+    plain_mean = metric_def.corpus_stats is None and metric_def.from_stats is None and len(metric_def.keys) == 1
+    return plain_mean and bool(np.isin(np.concatenate([rows_a[:, 0], rows_b[:, 0]]), (0.0, 1.0)).all())
+
+
 def _compare_metrics(
-    task: str, config: dict[str, Any], a: list[SampleRecord], b: list[SampleRecord], seed: int
+    task: str, config: dict[str, Any], kind: str, a: list[SampleRecord], b: list[SampleRecord], seed: int
 ) -> list[MetricComparison]:
-    metric_def, rows_a = _metric_rows(config, a)
-    _, rows_b = _metric_rows(config, b)
+    metric_def, rows_a = _metric_rows(config, kind, a)
+    _, rows_b = _metric_rows(config, kind, b)
     options = config.get("options", {})
 
     def value(totals: Sequence[float]) -> dict[str, float]:
@@ -207,7 +213,7 @@ def _compare_metrics(
         baseline, candidate = value(rows_a.sum(0).tolist())[key], value(rows_b.sum(0).tolist())[key]
         stats = paired_statistics(value, rows_a, rows_b, key, seed)
         p_value, p_error, test = stats.p_value, stats.p_value_error, stats.test
-        if metric_def.name == "exact_match":
+        if _binary_mean(metric_def, rows_a, rows_b):
             p_value, p_error = mcnemar_p(rows_a[:, 0].tolist(), rows_b[:, 0].tolist()), None
             test = "exact McNemar"
         comparisons.append(
@@ -293,7 +299,8 @@ def compare_task(task: str, baseline: RunResult, candidate: RunResult, seed: int
     if not shared_a:
         raise HarnessError(f"task '{task}' has no sample ids in common between the runs", field="RUNS")
     config = _task_spec(baseline, task).config
-    metrics = [m for metric in config["metrics"] for m in _compare_metrics(task, metric, shared_a, shared_b, seed)]
+    kind = config.get("kind", "generate")
+    metrics = [m for metric in config["metrics"] for m in _compare_metrics(task, metric, kind, shared_a, shared_b, seed)]
     judge_keys = [k for k, v in result_a.metrics.items() if v.metric.startswith("judge:") and k in result_b.metrics]
     metrics += [_compare_judge_scores(task, key, shared_a, shared_b, seed) for key in judge_keys]
     flip_score, higher = _flip_score(config, result_a)
@@ -311,7 +318,7 @@ def compare_task(task: str, baseline: RunResult, candidate: RunResult, seed: int
 
 def _flip_score(config: dict[str, Any], result: TaskResult) -> tuple[str | None, bool]:
     """The per-sample score that ranks flips: the task's first metric's first per-sample score."""
-    metric_def = get_metric(config["metrics"][0]["name"])
+    metric_def = get_metric(config["metrics"][0]["name"], config.get("kind"))
     scores = result.samples[0].scores if result.samples else {}
     key = next((k for k in (*metric_def.keys, *metric_def.stat_keys) if k in scores), None)
     if metric_def.kind == "perplexity":

@@ -2,14 +2,16 @@
 rendering, run records, fingerprints, the result cache, errors and paths. No torch-heavy imports."""
 
 from harness.core.cache import ResultCache
-from harness.core.data import Row, Sample, build_samples, data_fingerprint, load_samples, read_rows
+from harness.core.data import Row, data_fingerprint, read_rows
 from harness.core.errors import HarnessError
 from harness.core.fingerprint import hash_file, hash_files, hash_json
 from harness.core.record import MetricValue, RunResult, RunSpec, SampleRecord, TaskResult, write_atomic
-from harness.core.registry import MetricDef, SampleStats, metric, task
+from harness.core.registry import ChoiceStats, MetricDef, SampleStats, metric, task
+from harness.core.samples import Sample, build_samples, load_samples
 from harness.core.taskspec import GenerationConfig, JudgeConfig, MetricConfig, PerplexityConfig, TaskSpec
 
 __all__ = [
+    "ChoiceStats",
     "GenerationConfig",
     "HarnessError",
     "JudgeConfig",

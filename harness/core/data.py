@@ -1,4 +1,4 @@
-"""Task data: rows from JSONL, CSV, parquet or a saved HF dataset dir, turned into prompts and references.
+"""Task data: rows from JSONL, CSV, parquet or a saved HF dataset dir (harness.core.samples renders them).
 
 JSONL is read line by line so a bad row is reported with its line number; the other formats go through
 `datasets`. Every error names the file, the line (row) and the field.
@@ -11,31 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.meta
-from jinja2.sandbox import SandboxedEnvironment
-
 from harness.core.errors import HarnessError
 from harness.core.fingerprint import hash_file, hash_files
-from harness.core.taskspec import TaskSpec
-
-# Sandboxed: a task file from elsewhere must not reach Python internals (`cycler.__init__.__globals__.os`).
-_JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 @dataclass(frozen=True)
 class Row:
     line: int  # 1-based line in the file (CSV: counting the header); row number for binary formats
     values: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One item to evaluate: the rendered prompt (or text to score) and its references."""
-
-    id: str
-    prompt: str
-    references: list[str]
 
 
 def _detect_format(path: Path) -> str:
@@ -121,77 +104,3 @@ def data_fingerprint(path: Path) -> str:
     if path.is_dir():
         return hash_files([p for p in path.rglob("*") if p.is_file()], path)
     return hash_file(path)
-
-
-def _template_fields(template: str, spec: TaskSpec) -> set[str]:
-    try:
-        return jinja2.meta.find_undeclared_variables(_JINJA.parse(template))
-    except jinja2.TemplateSyntaxError as error:
-        raise HarnessError(f"bad Jinja template: {error.message}", path=spec.source, field="template") from None
-
-
-def _references(row: Row, spec: TaskSpec) -> list[str]:
-    if spec.reference_field is None:
-        return []
-    value = row.values[spec.reference_field]
-    references = value if isinstance(value, list) else [value]
-    if not references or not all(isinstance(ref, str | int | float) for ref in references):
-        raise HarnessError(
-            "references must be a string or a non-empty list of strings",
-            path=spec.data,
-            line=row.line,
-            field=spec.reference_field,
-        )
-    return [str(ref) for ref in references]
-
-
-def _render(template: jinja2.Template, values: dict[str, Any], spec: TaskSpec, line: int | None) -> str:
-    try:
-        return template.render(**values)
-    except jinja2.TemplateError as error:
-        raise HarnessError(f"template failed: {error}", path=spec.data, line=line, field="template") from None
-
-
-def _fewshot_answer(example: dict[str, Any], spec: TaskSpec) -> str:
-    """A few-shot example's answer: its reference, or the first of a list of references (not the list's repr)."""
-    answer = example.get(spec.reference_field or "", "")
-    return str(answer[0] if isinstance(answer, list) and answer else answer)
-
-
-def _fewshot_prefix(spec: TaskSpec, template: jinja2.Template) -> str:
-    shots = [
-        _render(template, example, spec, None) + spec.target_delimiter + _fewshot_answer(example, spec)
-        for example in spec.fewshot
-    ]
-    return "".join(shot + spec.fewshot_separator for shot in shots)
-
-
-def build_samples(spec: TaskSpec, rows: list[Row]) -> list[Sample]:
-    """Render each row through the task's template; every row must carry every field the task uses."""
-    needed = _template_fields(spec.template, spec) | {f for f in (spec.reference_field, spec.id_field) if f}
-    template = _JINJA.from_string(spec.template)
-    prefix = _fewshot_prefix(spec, template)
-    samples, seen_ids = [], set()
-    for index, row in enumerate(rows):
-        missing = sorted(field for field in needed if row.values.get(field) is None)
-        if missing:
-            raise HarnessError(
-                "missing or null",
-                path=spec.data,
-                line=row.line,
-                field=missing[0],
-                hint=f"the task's template, reference_field or id_field use it ({spec.source})",
-            )
-        sample_id = str(row.values[spec.id_field]) if spec.id_field else str(index)
-        if sample_id in seen_ids:
-            raise HarnessError(f"duplicate id '{sample_id}'", path=spec.data, line=row.line, field=spec.id_field)
-        seen_ids.add(sample_id)
-        prompt = prefix + _render(template, row.values, spec, row.line)
-        samples.append(Sample(sample_id, prompt, _references(row, spec)))
-    return samples
-
-
-def load_samples(spec: TaskSpec) -> tuple[list[Sample], str]:
-    """The task's samples and the fingerprint of its data."""
-    rows = read_rows(spec.data, spec.data_format)
-    return build_samples(spec, rows), data_fingerprint(spec.data)

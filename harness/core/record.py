@@ -29,11 +29,23 @@ class MetricValue(BaseModel):
     n_errors: int | None = None  # judge failures: counted and excluded, never scored
 
 
+class ChoiceRecord(BaseModel):
+    """One choice of a log-likelihood sample: its text and what the model gave it (see registry.ChoiceStats)."""
+
+    text: str
+    logprob: float
+    tokens: int
+    greedy: bool
+    unconditional: float | None = None
+
+
 class SampleRecord(BaseModel):
     id: str
     prompt: str
-    output: str | None = None
+    output: str | None = None  # generated text; for a multiple-choice sample, the most likely choice
     references: list[str] = Field(default_factory=list)
+    choices: list[ChoiceRecord] = Field(default_factory=list)
+    gold: list[int] = Field(default_factory=list)
     scores: dict[str, float] = Field(default_factory=dict)
     judgments: dict[str, Any] = Field(default_factory=dict)  # per rubric: raw judge text and any error
     cached: bool = False

@@ -11,14 +11,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import HarnessError
 
 if TYPE_CHECKING:
-    from harness.core.taskspec import TaskSpec
-
-TaskKind = Literal["generate", "perplexity"]
+    from harness.core.taskspec import TaskKind, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -28,6 +26,19 @@ class SampleStats:
     nll: float
     tokens: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class ChoiceStats:
+    """One continuation scored given its context: summed log-probability (nats), scored tokens, the length in
+    characters of the choice text (acc_norm divides by it, as lm-evaluation-harness does), whether greedy decoding
+    would have produced it, and its log-probability with no context (for acc_mutual_info; None when not asked)."""
+
+    logprob: float
+    tokens: int
+    length: int
+    greedy: bool
+    unconditional: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,9 +58,10 @@ class MetricDef:
     from_stats: Callable[..., dict[str, float]] | None = None
     signature: Callable[..., str] | None = None
     description: str = ""
+    needs_unconditional: bool = False  # multiple_choice: also score each choice with no context
 
     def option_names(self) -> list[str]:
-        """Keyword options the metric function accepts (after prediction/references or stats)."""
+        """Keyword options the metric function accepts (after its positional inputs: see `score`)."""
         positional = 1 if self.kind == "perplexity" else 2
         return list(inspect.signature(self.fn).parameters)[positional:]
 
@@ -59,9 +71,18 @@ class MetricDef:
         prediction: str = "",
         references: Sequence[str] = (),
         stats: SampleStats | None = None,
+        choices: Sequence[ChoiceStats] = (),
+        gold: Sequence[int] = (),
     ) -> dict[str, float]:
-        """Per-sample scores, keyed by score name."""
-        value = self.fn(stats, **options) if self.kind == "perplexity" else self.fn(prediction, references, **options)
+        """Per-sample scores, keyed by score name. The function's inputs follow the task kind: (prediction,
+        references) for generate, (stats) for perplexity, (choices, gold indices) for multiple_choice and
+        loglikelihood (whose one continuation is choice 0)."""
+        if self.kind == "perplexity":
+            value = self.fn(stats, **options)
+        elif self.kind == "generate":
+            value = self.fn(prediction, references, **options)
+        else:
+            value = self.fn(choices, gold, **options)
         return value if isinstance(value, dict) else {self.name: float(value)}
 
     def sufficient_stats(
@@ -71,13 +92,11 @@ class MetricDef:
         predictions: Sequence[str],
         references: Sequence[Sequence[str]],
     ) -> list[list[float]]:
-        """One row of additive statistics per sample: the metric's own (BLEU n-gram counts), the per-sample
-        scores named by `stat_keys` (perplexity: NLL, tokens, bytes), or the scores plus a count (a mean)."""
+        """One row of additive statistics per sample: the metric's own (BLEU n-gram counts), or the per-sample
+        scores named by `stat_keys` (perplexity: NLL, tokens, bytes; default: the reported keys) plus a count."""
         if self.corpus_stats is not None:
             return self.corpus_stats(predictions, references, **options)
-        if self.stat_keys:
-            return [[scores[key] for key in self.stat_keys] for scores in sample_scores]
-        return [[scores[key] for key in self.keys] + [1.0] for scores in sample_scores]
+        return [[scores[key] for key in self.stat_keys or self.keys] + [1.0] for scores in sample_scores]
 
     def corpus_value(self, options: dict[str, Any], totals: Sequence[float]) -> dict[str, float]:
         """The corpus value(s) from the column sums of `sufficient_stats`."""
@@ -89,7 +108,7 @@ class MetricDef:
 
 @dataclass
 class _Registry:
-    metrics: dict[str, MetricDef] = field(default_factory=dict)
+    metrics: dict[tuple[str, TaskKind], MetricDef] = field(default_factory=dict)
     python_tasks: dict[str, Callable[[], TaskSpec]] = field(default_factory=dict)
 
 
@@ -108,6 +127,7 @@ def metric(
     from_stats: Callable[..., dict[str, float]] | None = None,
     signature: Callable[..., str] | None = None,
     description: str = "",
+    needs_unconditional: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a per-sample metric function under `name`.
 
@@ -117,9 +137,9 @@ def metric(
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REGISTRY.metrics and _REGISTRY.metrics[name].fn is not fn:
-            raise ValueError(f"metric '{name}' is registered twice")
-        _REGISTRY.metrics[name] = MetricDef(
+        if (name, kind) in _REGISTRY.metrics and _REGISTRY.metrics[name, kind].fn is not fn:
+            raise ValueError(f"metric '{name}' is registered twice for {kind} tasks")
+        _REGISTRY.metrics[name, kind] = MetricDef(
             name=name,
             fn=fn,
             kind=kind,
@@ -131,6 +151,7 @@ def metric(
             from_stats=from_stats,
             signature=signature,
             description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            needs_unconditional=needs_unconditional,
         )
         return fn
 
@@ -147,17 +168,31 @@ def task(name: str) -> Callable[[Callable[[], TaskSpec]], Callable[[], TaskSpec]
     return register
 
 
-def registered_metrics() -> dict[str, MetricDef]:
-    """Every metric registered so far, by name (harness.metrics registers the built-in ones when imported)."""
+def registered_metrics() -> dict[tuple[str, TaskKind], MetricDef]:
+    """Every metric registered so far, by (name, task kind): one name may score several kinds (`acc` scores
+    multiple_choice and loglikelihood tasks). harness.metrics registers the built-in ones when imported."""
     return dict(_REGISTRY.metrics)
 
 
-def lookup_metric(name: str, *, path: Path | None = None, field_name: str = "metrics") -> MetricDef:
-    """The metric registered as `name`; an unknown name is a user error that lists the known ones."""
-    if name not in _REGISTRY.metrics:
-        known = ", ".join(sorted(_REGISTRY.metrics))
-        raise HarnessError(f"unknown metric '{name}'", path=path, field=field_name, hint=f"known metrics: {known}")
-    return _REGISTRY.metrics[name]
+def lookup_metric(
+    name: str,
+    kind: TaskKind | None = None,
+    *,
+    path: Path | None = None,
+    field_name: str = "metrics",
+    line: int | None = None,
+) -> MetricDef:
+    """The metric registered as `name` for tasks of `kind` (None: the only kind it has, else its first); an unknown
+    name, or one that scores other kinds, is a user error that lists the names this kind can use."""
+    kinds = [k for (n, k) in _REGISTRY.metrics if n == name]
+    if kind in kinds or (kind is None and kinds):
+        return _REGISTRY.metrics[name, kind or kinds[0]]
+    usable = sorted(n for (n, k) in _REGISTRY.metrics if kind is None or k == kind)
+    problem = (
+        f"metric '{name}' scores {' and '.join(kinds)} tasks, not {kind} tasks" if kinds else f"unknown metric '{name}'"
+    )
+    label = f"metrics for {kind} tasks" if kind else "known metrics"
+    raise HarnessError(problem, path=path, line=line, field=field_name, hint=f"{label}: {', '.join(usable)}")
 
 
 def registered_tasks() -> dict[str, Callable[[], TaskSpec]]:

@@ -4,12 +4,24 @@ A YAML task:
 
     name: factual_qa
     description: Short factual questions
-    kind: generate                 # or perplexity
+    kind: generate                 # or perplexity, multiple_choice, loglikelihood
     data: data/factual_qa.jsonl    # JSONL, CSV, parquet or a saved HF dataset dir; relative to this file
     template: "Q: {{ question }}\\nA:"
     reference_field: answers       # a string or a list of strings per row
     metrics: [exact_match, f1]     # or {name: rouge, options: {use_stemmer: true}}
     generation: {max_new_tokens: 16, stop: ["\\n"]}
+
+A multiple-choice task scores each choice's log-likelihood after the prompt instead of generating:
+
+    kind: multiple_choice
+    template: "Question: {{ question }}\\nAnswer:"
+    choices: choices               # a field holding a list, or a template yielding one: "{{ [sol1, sol2] }}"
+    target: label                  # the gold: an index, the gold text, or a list of indices (several true)
+    metrics: [acc, acc_norm]
+
+With `continuation` (a field or template) the choices are contexts instead: each choice ends the prompt and the
+shared continuation is scored after it (Winogrande's partial-context scoring). A `loglikelihood` task scores its
+`target` as the continuation (LAMBADA). Scored continuations start with `target_delimiter` (default " ").
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from harness.core.fingerprint import hash_json
 from harness.core.yamlfile import FieldError
 
+TaskKind = Literal["generate", "perplexity", "multiple_choice", "loglikelihood"]
 DataFormat = Literal["auto", "jsonl", "csv", "parquet", "hf_disk"]
 
 
@@ -87,12 +100,15 @@ class TaskSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     version: int = 1
-    kind: Literal["generate", "perplexity"]
+    kind: TaskKind
     data: Path
     data_format: DataFormat = "auto"
     id_field: str | None = None
     template: str = "{{ text }}"
     reference_field: str | None = None
+    choices: str | None = None  # multiple_choice: a field holding a list of strings, or a template yielding one
+    target: str | None = None  # the gold (multiple_choice) or the continuation (loglikelihood): a field or template
+    continuation: str | None = None  # multiple_choice with partial contexts: each choice ends the prompt, this follows
     chat_template: bool = False
     fewshot: list[dict[str, Any]] = Field(default_factory=list)
     fewshot_separator: str = "\n\n"
@@ -114,11 +130,21 @@ class TaskSpec(BaseModel):
         return _expand_shorthand(value, "rubric")
 
     @model_validator(mode="after")
-    def _generate_needs_reference(self) -> TaskSpec:
+    def _fields_of_kind(self) -> TaskSpec:
         if self.kind == "generate" and not self.reference_field:
             raise FieldError("reference_field", "a generate task needs reference_field")
-        if self.kind == "perplexity" and self.judges:
-            raise FieldError("judges", "judges score generated text: a perplexity task cannot list judges")
+        if self.kind != "generate" and self.judges:
+            raise FieldError("judges", f"judges score generated text: a {self.kind} task cannot list judges")
+        if self.kind == "multiple_choice" and not self.choices:
+            raise FieldError("choices", "a multiple_choice task needs choices (a field or a template)")
+        if self.kind in ("multiple_choice", "loglikelihood") and not self.target:
+            what = "the gold choice" if self.kind == "multiple_choice" else "the continuation to score"
+            raise FieldError("target", f"a {self.kind} task needs target ({what}: a field or a template)")
+        if self.continuation is not None and self.kind != "multiple_choice":
+            raise FieldError("continuation", "continuation (partial-context scoring) is for multiple_choice tasks")
+        if self.kind not in ("multiple_choice", "loglikelihood") and (self.choices or self.target):
+            field = "choices" if self.choices else "target"
+            raise FieldError(field, f"{field} is for multiple_choice and loglikelihood tasks, not {self.kind} tasks")
         return self
 
     def fingerprint(self, data_fingerprint: str) -> str:

@@ -39,14 +39,8 @@ def load_task_file(path: Path) -> TaskSpec:
     data_path = spec.data if spec.data.is_absolute() else path.parent / spec.data
     spec = spec.model_copy(update={"data": data_path, "source": path})
     for index, metric_config in enumerate(spec.metrics):
-        metric_def = get_metric(metric_config.name, path=path, field_name=f"metrics.{index}")
-        if metric_def.kind != spec.kind:
-            raise HarnessError(
-                f"metric '{metric_def.name}' scores {metric_def.kind} tasks, not {spec.kind} tasks",
-                path=path,
-                line=yaml_line(root, ("metrics", index)),
-                field=f"metrics.{index}",
-            )
+        line = yaml_line(root, ("metrics", index))
+        metric_def = get_metric(metric_config.name, spec.kind, path=path, field_name=f"metrics.{index}", line=line)
         unknown = sorted(set(metric_config.options) - set(metric_def.option_names()))
         if unknown:
             raise HarnessError(

@@ -23,11 +23,11 @@ from typing import Any, Protocol, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness.backends import distributed, hf_requests
+from harness.backends import distributed, hf_loglikelihood, hf_requests
 from harness.backends.hf import LoadedModel
 from harness.core.cache import ResultCache
-from harness.core.data import Sample, load_samples
 from harness.core.record import (
+    ChoiceRecord,
     MetricValue,
     ModelRunSpec,
     RunResult,
@@ -36,13 +36,15 @@ from harness.core.record import (
     TaskResult,
     TaskRunSpec,
 )
-from harness.core.registry import SampleStats
+from harness.core.registry import ChoiceStats, SampleStats
+from harness.core.samples import Sample, load_samples
 from harness.core.taskspec import TaskSpec
 from harness.metrics import get_metric
 from harness.metrics.stats import bootstrap
 
 B = TypeVar("B")  # a batch, as pipelined() hands it to its callbacks
 R = TypeVar("R")  # a batch's results
+LOGLIKELIHOOD_KINDS = ("multiple_choice", "loglikelihood")  # tasks scored by continuation log-likelihoods
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,11 @@ class PreparedTask:
     def fingerprint(self) -> str:
         return self.spec.fingerprint(self.data_fingerprint)
 
+    @property
+    def unconditional(self) -> bool:
+        """Whether a metric also needs each choice's log-likelihood with no context (acc_mutual_info)."""
+        return any(get_metric(m.name, self.spec.kind).needs_unconditional for m in self.spec.metrics)
+
 
 def prepare_tasks(specs: Sequence[TaskSpec], limit: int | None) -> list[PreparedTask]:
     """Load every task's data up front so bad input fails before the model loads and before anything is written."""
@@ -99,9 +106,28 @@ def _model_input(loaded: LoadedModel, task: PreparedTask, sample: Sample) -> str
     return sample.prompt
 
 
-def _cache_key(loaded: LoadedModel, task: PreparedTask, model_input: str) -> str:
+ModelRequest = str | list[tuple[str, str]]  # a prompt or text to score, or (context, continuation) pairs
+
+
+def _model_request(task: PreparedTask, sample: Sample, model_input: str) -> ModelRequest:
+    """What the model is asked for a sample: its input text, or for a log-likelihood task the scored pairs (the
+    choices, then with acc_mutual_info each choice's continuation after no context)."""
+    if task.spec.kind not in LOGLIKELIHOOD_KINDS:
+        return model_input
+    pairs = sample.scored_pairs(task.spec.target_delimiter)
+    return pairs + [("", continuation) for _, continuation in pairs] if task.unconditional else pairs
+
+
+def _request_size(request: ModelRequest) -> int:
+    return len(request) if isinstance(request, str) else sum(len(a) + len(b) for a, b in request)
+
+
+def _cache_key(loaded: LoadedModel, task: PreparedTask, model_input: ModelRequest) -> str:
     spec = task.spec
-    settings = spec.generation.model_dump() if spec.kind == "generate" else spec.perplexity.model_dump()
+    settings = {
+        "generate": spec.generation.model_dump(),
+        "perplexity": spec.perplexity.model_dump(),
+    }.get(spec.kind, {})
     return ResultCache.key(
         model=loaded.fingerprint,
         kind=spec.kind,
@@ -111,12 +137,33 @@ def _cache_key(loaded: LoadedModel, task: PreparedTask, model_input: str) -> str
     )
 
 
+def _continuation_scores(
+    loaded: LoadedModel, requests: list[list[tuple[str, str]]], batch_size: int, unconditional: bool
+) -> list[dict[str, Any]]:
+    """Per sample: each choice's log-probability, token count and greedy flag (and unconditional log-probability)."""
+    scores = hf_loglikelihood.loglikelihood(loaded, [pair for request in requests for pair in request], batch_size)
+    results, start = [], 0
+    for request in requests:
+        part, start = scores[start : start + len(request)], start + len(request)
+        n_choices = len(request) // 2 if unconditional else len(request)
+        result = {
+            "logprob": [s.logprob for s in part[:n_choices]],
+            "tokens": [s.tokens for s in part[:n_choices]],
+            "greedy": [s.greedy for s in part[:n_choices]],
+        }
+        results.append(result | ({"unconditional": [s.logprob for s in part[n_choices:]]} if unconditional else {}))
+    return results
+
+
 def _launch_batch(
-    loaded: LoadedModel, task: PreparedTask, inputs: list[str], batch_size: int
+    loaded: LoadedModel, task: PreparedTask, inputs: list[Any], batch_size: int
 ) -> Callable[[], list[dict[str, Any]]]:
     """Start one batch and return a function that gives its results: generation finishes here, while perplexity
     is only queued on the device (hf_requests.queue_rolling) and read back when the results are asked for."""
     spec = task.spec
+    if spec.kind in LOGLIKELIHOOD_KINDS:
+        results = _continuation_scores(loaded, inputs, batch_size, task.unconditional)
+        return lambda: results
     if spec.kind == "generate":
         outputs = hf_requests.generate(loaded, inputs, spec.generation, chat=spec.chat_template)
         return lambda: [{"output": text} for text in outputs]
@@ -153,11 +200,12 @@ def _model_outputs(
 ) -> tuple[list[str], list[dict[str, Any]], set[int]]:
     """Model inputs, outputs and the indices served from the cache, computing only what the cache lacks."""
     inputs = [_model_input(loaded, task, sample) for sample in task.samples]
-    keys = [_cache_key(loaded, task, text) for text in inputs]
+    requests = [_model_request(task, sample, text) for sample, text in zip(task.samples, inputs, strict=True)]
+    keys = [_cache_key(loaded, task, request) for request in requests]
     found = cache.get_many(keys)
     cached = {i for i, key in enumerate(keys) if key in found}
     bar = progress.add_task(task.spec.name, total=len(inputs), completed=len(cached))
-    pending = sorted((i for i in range(len(inputs)) if i not in cached), key=lambda i: -len(inputs[i]))
+    pending = sorted((i for i in range(len(inputs)) if i not in cached), key=lambda i: -_request_size(requests[i]))
     mine = distributed.shard(pending)  # under a launcher each rank takes its share; all ranks get every result
     computed: dict[str, Any] = {}
 
@@ -171,12 +219,25 @@ def _model_outputs(
     batches = [mine[start : start + options.batch_size] for start in range(0, len(mine), options.batch_size)]
     pipelined(
         batches,
-        lambda batch: _launch_batch(loaded, task, [inputs[i] for i in batch], options.batch_size),
+        lambda batch: _launch_batch(loaded, task, [requests[i] for i in batch], options.batch_size),
         store,
         in_flight=1 if task.spec.kind == "perplexity" else 0,
     )
     found.update(distributed.gather_dicts(computed))
     return inputs, [found[key] for key in keys], cached
+
+
+def _choice_stats(sample: Sample, output: dict[str, Any]) -> list[ChoiceStats]:
+    """A log-likelihood sample's per-choice statistics from its model output (none for other kinds)."""
+    if "logprob" not in output:
+        return []
+    unconditional = output.get("unconditional") or [None] * len(sample.choices)
+    return [
+        ChoiceStats(logprob, tokens, len(text), greedy, free)
+        for text, logprob, tokens, greedy, free in zip(
+            sample.choices, output["logprob"], output["tokens"], output["greedy"], unconditional, strict=True
+        )
+    ]
 
 
 def _score_task(
@@ -187,28 +248,42 @@ def _score_task(
     options: RunOptions,
 ) -> TaskResult:
     spec = task.spec
-    predictions = [out.get("output", "") for out in outputs]
-    references = [sample.references for sample in task.samples]
     stats = [SampleStats(out["nll"], out["tokens"], out["bytes"]) if "nll" in out else None for out in outputs]
+    choices = [_choice_stats(sample, out) for sample, out in zip(task.samples, outputs, strict=True)]
+    predictions = [out.get("output", "") for out in outputs]
+    if spec.kind == "multiple_choice":  # the most likely choice stands as the output
+        predictions = [
+            s.choices[max(range(len(c)), key=lambda j: (c[j].logprob, -j))]
+            for s, c in zip(task.samples, choices, strict=True)
+        ]
+    references = [sample.references for sample in task.samples]
     records = []
     for i, sample in enumerate(task.samples):
         scores: dict[str, float] = {}
         for metric_config in spec.metrics:
-            metric_def = get_metric(metric_config.name)
-            scores.update(metric_def.score(metric_config.options, predictions[i], sample.references, stats[i]))
+            metric_def = get_metric(metric_config.name, spec.kind)
+            scores.update(
+                metric_def.score(
+                    metric_config.options, predictions[i], sample.references, stats[i], choices[i], sample.gold
+                )
+            )
         records.append(
             SampleRecord(
                 id=sample.id,
                 prompt=inputs[i],
-                output=predictions[i] if spec.kind == "generate" else None,
+                output=predictions[i] if spec.kind in ("generate", "multiple_choice") else None,
                 references=sample.references,
+                choices=[
+                    ChoiceRecord(text=text, **vars(c)) for text, c in zip(sample.choices, choices[i], strict=True)
+                ],
+                gold=list(sample.gold),
                 scores=scores,
                 cached=i in cached,
             )
         )
     metrics: dict[str, MetricValue] = {}
     for metric_config in spec.metrics:
-        metric_def, metric_options = get_metric(metric_config.name), metric_config.options
+        metric_def, metric_options = get_metric(metric_config.name, spec.kind), metric_config.options
         rows = metric_def.sufficient_stats(metric_options, [r.scores for r in records], predictions, references)
         values = metric_def.corpus_value(metric_options, [sum(column) for column in zip(*rows, strict=True)])
         spreads = bootstrap(

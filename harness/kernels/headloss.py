@@ -139,6 +139,24 @@ def token_nll(
     return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
 
 
+def token_nll_and_greedy(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row NLL (fp32, no gradient) of `targets`, and whether each target is its row's argmax token (what greedy
+    decoding would pick). The head runs in chunks bounded by LOGIT_CHUNK_BYTES: only scored rows are given."""
+    rows = chunk_rows(_vocab_size(head)) * (4 if hidden.is_cuda else 1)
+    nll, greedy = [], []
+    with torch.no_grad():
+        for start in range(0, hidden.shape[0], rows):
+            capped = _capped(head(hidden[start : start + rows]), softcap)
+            chunk_targets = targets[start : start + rows]
+            nll.append(_logsumexp(capped) - capped.gather(1, chunk_targets[:, None])[:, 0])
+            greedy.append(capped.argmax(dim=-1) == chunk_targets)
+    if not nll:
+        return hidden.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=hidden.device)
+    return torch.cat(nll), torch.cat(greedy)
+
+
 def summed_nll(
     hidden: torch.Tensor,
     targets: torch.Tensor,

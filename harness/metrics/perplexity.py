@@ -10,7 +10,7 @@ from harness.core.registry import SampleStats, metric
 
 def perplexity_from_stats(totals: Sequence[float]) -> dict[str, float]:
     """Token-weighted: exp(total NLL / total tokens), and bits per UTF-8 byte of the scored text."""
-    nll_sum, token_count, byte_count = totals
+    nll_sum, token_count, byte_count, _samples = totals
     return {
         "perplexity": math.exp(nll_sum / token_count) if token_count else math.nan,
         "bits_per_byte": nll_sum / (math.log(2) * byte_count) if byte_count else math.nan,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.cache import ResultCache
-from harness.core.data import Sample
+from harness.core.samples import Sample
 from harness.core.taskspec import TaskSpec
 from harness.evaluation.runner import JudgedTask
 from judges.client import JudgeClient, JudgeEndpoint

@@ -9,7 +9,8 @@ import datasets
 import pytest
 
 from harness.backends.hf import ModelOptions, load_model, resolve_checkpoint
-from harness.core.data import build_samples, read_rows
+from harness.core.data import read_rows
+from harness.core.samples import build_samples
 from harness.core.errors import HarnessError
 from harness.core.taskspec import TaskSpec
 

@@ -25,9 +25,16 @@ def test_builtin_tasks_are_found_and_sized_for_the_issue() -> None:
 
 def test_builtin_metrics_are_registered_with_direction() -> None:
     metrics = all_metrics()
-    assert {"exact_match", "f1", "bleu", "chrf", "rouge", "perplexity"} <= set(metrics)
-    assert metrics["perplexity"].higher_is_better is False and metrics["bleu"].higher_is_better is True
-    assert metrics["rouge"].keys == ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    generate = {"exact_match", "f1", "bleu", "chrf", "rouge"}
+    multiple_choice = {"acc", "acc_norm", "acc_mutual_info", "mc2"}
+    assert {(name, "generate") for name in generate} | {(name, "multiple_choice") for name in multiple_choice} <= set(
+        metrics
+    )
+    assert {("perplexity", "perplexity"), ("acc", "loglikelihood"), ("perplexity", "loglikelihood")} <= set(metrics)
+    assert metrics["perplexity", "perplexity"].higher_is_better is False
+    assert metrics["perplexity", "loglikelihood"].higher_is_better is False
+    assert metrics["bleu", "generate"].higher_is_better is True and metrics["acc", "multiple_choice"].higher_is_better
+    assert metrics["rouge", "generate"].keys == ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 def test_metric_decorator_registers_a_mean_metric() -> None:

@@ -68,7 +68,7 @@ def test_perplexity_is_token_weighted() -> None:
     from harness.core.registry import SampleStats
 
     stats = [SampleStats(nll=10.0, tokens=5, bytes=20), SampleStats(nll=90.0, tokens=45, bytes=180)]
-    metric_def = get_metric("perplexity")
+    metric_def = get_metric("perplexity", "perplexity")
     scores = [metric_def.score({}, stats=s) for s in stats]
     rows = metric_def.sufficient_stats({}, scores, [], [])
     result = metric_def.corpus_value({}, [sum(column) for column in zip(*rows, strict=True)])
