@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.formats import Example, example_text
-from harness.core.data import read_rows
+from harness.core.samples import read_task_rows
 from harness.core.text import normalize_text
 from harness.evaluation.catalog import get_tasks
 
@@ -72,7 +72,7 @@ def eval_index(task_names: Iterable[str], n: int = LEAKAGE_NGRAM) -> EvalIndex:
     """The leakage index of the named eval tasks, built from every string field of every data row."""
     index = EvalIndex()
     for spec in get_tasks(list(task_names)):
-        for row in read_rows(spec.data, spec.data_format):
+        for row in read_task_rows(spec).rows:
             for text in (t for value in row.values.values() for t in _field_texts(value)):
                 words = normalize_text(text).split()
                 if len(words) >= n:

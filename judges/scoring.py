@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.core.data import Sample
 from harness.core.errors import HarnessError
 from harness.core.record import MetricValue
+from harness.core.samples import Sample
 from harness.core.taskspec import JudgeConfig, TaskSpec
 from harness.evaluation.runner import JudgedTask
 from harness.metrics.stats import bootstrap

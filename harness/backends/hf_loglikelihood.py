@@ -46,6 +46,9 @@ def split_whitespace(context: str, continuation: str) -> tuple[str, str]:
 def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
     """Context and continuation token ids of each (context, continuation) pair, in one batched tokenizer call."""
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos_text = tokenizer.bos_token or ""
+    # A chat-rendered context starts with the BOS text; the BOS id is prepended below, once.
+    pairs = [(c.removeprefix(bos_text) if bos_text else c, x) for c, x in pairs]
     moved = [split_whitespace(context, continuation) for context, continuation in pairs]
     texts = sorted(
         {text for context, continuation in moved for text in (context, context + continuation, continuation)}

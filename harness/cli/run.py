@@ -27,14 +27,14 @@ from harness.cli.tables import results_table
 
 @user_errors
 def list_tasks(tasks_dir: TasksDirOption = None) -> None:
-    """List registered tasks: name, kind, metrics, size, description."""
+    """List registered tasks: name, kind, metrics, data (local rows, or the hub dataset), description."""
     from harness.core.data import read_rows
     from harness.evaluation.catalog import find_tasks
 
-    table = Table("task", "kind", "metrics", "size", "description")
+    table = Table("task", "kind", "metrics", "data", "description")
     for name, spec in sorted(find_tasks(tasks_dir or []).items()):
-        size = str(len(read_rows(spec.data, spec.data_format)))
-        table.add_row(name, spec.kind, ", ".join(m.name for m in spec.metrics), size, spec.description)
+        data = f"{len(read_rows(spec.data, spec.data_format))} rows" if spec.data else spec.data_label
+        table.add_row(name, spec.kind, ", ".join(m.name for m in spec.metrics), data, spec.description)
     console.print(table)
 
 

@@ -1,6 +1,7 @@
 """Compare runs: per task and metric, both values, the delta, a paired-bootstrap 95% CI of the delta over the
-shared samples, a p-value (exact McNemar for 0/1 outcomes such as exact match and acc, else a paired permutation test), the smallest
-difference this sample size could detect, and the samples that flipped most. Reads RunResult records only.
+shared samples, a p-value (exact McNemar for 0/1 outcomes such as exact match and acc, else a paired permutation
+test), the smallest difference this sample size could detect, and the samples that flipped most. Reads RunResult
+records only.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pydantic import BaseModel
 
 from harness.core.errors import HarnessError
 from harness.core.record import RunResult, SampleRecord, TaskResult, TaskRunSpec
-from harness.metrics import get_metric
+from harness.core.registry import MetricDef
 from harness.metrics.stats import resample_counts
+from harness.metrics.tasks import TaskMetric, task_metrics
 
 N_RESAMPLES = 2000  # bootstrap resamples for intervals
 N_PERMUTATIONS = 10_000  # random swap patterns for a permutation p-value (Monte Carlo error <= 0.005)
@@ -179,10 +181,10 @@ def paired_statistics(
     return PairedStats(float(low), float(high), float(boot.std(ddof=1)), float(p_value), p_error, test)
 
 
-def _metric_rows(config: dict[str, Any], kind: str, samples: Sequence[SampleRecord]) -> tuple[Any, np.ndarray]:
-    metric_def = get_metric(config["name"], kind)  # type: ignore[arg-type]
+def _metric_rows(scorer: TaskMetric, samples: Sequence[SampleRecord]) -> tuple[Any, np.ndarray]:
+    metric_def = scorer.definition
     rows = metric_def.sufficient_stats(
-        config.get("options", {}),
+        scorer.options,
         [s.scores for s in samples],
         [s.output or "" for s in samples],
         [s.references for s in samples],
@@ -197,11 +199,11 @@ def _binary_mean(metric_def: Any, rows_a: np.ndarray, rows_b: np.ndarray) -> boo
 
 
 def _compare_metrics(
-    task: str, config: dict[str, Any], kind: str, a: list[SampleRecord], b: list[SampleRecord], seed: int
+    task: str, scorer: TaskMetric, a: list[SampleRecord], b: list[SampleRecord], seed: int
 ) -> list[MetricComparison]:
-    metric_def, rows_a = _metric_rows(config, kind, a)
-    _, rows_b = _metric_rows(config, kind, b)
-    options = config.get("options", {})
+    metric_def, rows_a = _metric_rows(scorer, a)
+    _, rows_b = _metric_rows(scorer, b)
+    options = scorer.options
 
     def value(totals: Sequence[float]) -> dict[str, float]:
         return metric_def.corpus_value(options, totals)
@@ -299,11 +301,11 @@ def compare_task(task: str, baseline: RunResult, candidate: RunResult, seed: int
     if not shared_a:
         raise HarnessError(f"task '{task}' has no sample ids in common between the runs", field="RUNS")
     config = _task_spec(baseline, task).config
-    kind = config.get("kind", "generate")
-    metrics = [m for metric in config["metrics"] for m in _compare_metrics(task, metric, kind, shared_a, shared_b, seed)]
+    scorers = task_metrics(config.get("kind", "generate"), config["metrics"], config.get("filters", []))
+    metrics = [m for scorer in scorers for m in _compare_metrics(task, scorer, shared_a, shared_b, seed)]
     judge_keys = [k for k, v in result_a.metrics.items() if v.metric.startswith("judge:") and k in result_b.metrics]
     metrics += [_compare_judge_scores(task, key, shared_a, shared_b, seed) for key in judge_keys]
-    flip_score, higher = _flip_score(config, result_a)
+    flip_score, higher = _flip_score(scorers[0].definition, result_a)
     improved, regressed, samples = _flips(shared_a, shared_b, flip_score, higher) if flip_score else ([], [], [])
     return TaskComparison(
         task=task,
@@ -316,9 +318,8 @@ def compare_task(task: str, baseline: RunResult, candidate: RunResult, seed: int
     )
 
 
-def _flip_score(config: dict[str, Any], result: TaskResult) -> tuple[str | None, bool]:
+def _flip_score(metric_def: MetricDef, result: TaskResult) -> tuple[str | None, bool]:
     """The per-sample score that ranks flips: the task's first metric's first per-sample score."""
-    metric_def = get_metric(config["metrics"][0]["name"], config.get("kind"))
     scores = result.samples[0].scores if result.samples else {}
     key = next((k for k in (*metric_def.keys, *metric_def.stat_keys) if k in scores), None)
     if metric_def.kind == "perplexity":

@@ -104,3 +104,14 @@ def data_fingerprint(path: Path) -> str:
     if path.is_dir():
         return hash_files([p for p in path.rglob("*") if p.is_file()], path)
     return hash_file(path)
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """A task's rows to score, the rows its drawn few-shot examples come from (None: the rows themselves), and
+    one fingerprint of both."""
+
+    rows: list[Row]
+    fewshot: list[Row] | None
+    fingerprint: str
+    revision: str | None = None  # a hub dataset's commit, as read

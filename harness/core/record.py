@@ -57,7 +57,8 @@ class TaskRunSpec(BaseModel):
     kind: str
     fingerprint: str
     data_fingerprint: str
-    data_path: str
+    data_path: str  # a local path, or a hub dataset as org/name[config]@revision:split
+    data_revision: str | None = None  # the hub dataset's commit the rows were read at
     config: dict[str, Any]
 
 

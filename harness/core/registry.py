@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from harness.core.errors import HarnessError
 
 if TYPE_CHECKING:
-    from harness.core.taskspec import TaskKind, TaskSpec
+    from harness.core.taskspec import GroupSpec, TaskKind, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,8 @@ class MetricDef:
 class _Registry:
     metrics: dict[tuple[str, TaskKind], MetricDef] = field(default_factory=dict)
     python_tasks: dict[str, Callable[[], TaskSpec]] = field(default_factory=dict)
+    preprocessors: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)
+    groups: dict[str, GroupSpec] = field(default_factory=dict)
 
 
 _REGISTRY = _Registry()
@@ -166,6 +168,36 @@ def task(name: str) -> Callable[[Callable[[], TaskSpec]], Callable[[], TaskSpec]
         return fn
 
     return register
+
+
+def register_group(spec: GroupSpec) -> GroupSpec:
+    """Register a group of tasks from Python (a family of generated tasks, like MMLU's subjects)."""
+    _REGISTRY.groups[spec.group] = spec
+    return spec
+
+
+def registered_groups() -> dict[str, GroupSpec]:
+    """Every group registered from Python so far, by name."""
+    return dict(_REGISTRY.groups)
+
+
+def preprocessor(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a row processor: a function from one data row (a dict) to the row the task's templates see, for
+    cleaning a template cannot say (HellaSwag's); a task names it in `preprocess:`."""
+
+    def register(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        _REGISTRY.preprocessors[name] = fn
+        return fn
+
+    return register
+
+
+def lookup_preprocessor(name: str, path: Path | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The row processor registered as `name`; an unknown one is a user error that lists the known ones."""
+    if name not in _REGISTRY.preprocessors:
+        known = ", ".join(sorted(_REGISTRY.preprocessors)) or "none"
+        raise HarnessError(f"unknown preprocess '{name}'", path=path, field="preprocess", hint=f"registered: {known}")
+    return _REGISTRY.preprocessors[name]
 
 
 def registered_metrics() -> dict[tuple[str, TaskKind], MetricDef]:

@@ -9,22 +9,35 @@ error names the data file, the row's line and the field.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+import dataclasses
+import random
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jinja2
 import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
-from harness.core.data import Row, data_fingerprint, read_rows
+from harness.core.data import Row, TaskRows, data_fingerprint, read_rows
 from harness.core.errors import HarnessError
+from harness.core.fingerprint import hash_json
+from harness.core.hub_data import read_hub_rows
+from harness.core.registry import lookup_preprocessor
 from harness.core.taskspec import TaskSpec
+
+
+def _regex_replace(text: str, pattern: str, replacement: str = "", count: int = 0) -> str:
+    """The `regex_replace` filter lm-evaluation-harness's templates use."""
+    return re.sub(pattern, replacement, text, count=count)
+
 
 # Sandboxed: a task file from elsewhere must not reach Python internals (`cycler.__init__.__globals__.os`).
 _JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+_JINJA.filters["regex_replace"] = _regex_replace
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Sample:
     """One item to evaluate: the rendered prompt (or text to score) and its references. A log-likelihood sample
     also has its choices (a loglikelihood task: the one continuation), the gold choice indices and, under
@@ -36,12 +49,15 @@ class Sample:
     choices: tuple[str, ...] = ()
     gold: tuple[int, ...] = ()
     continuation: str | None = None
+    system: str | None = None  # the system turn, when the task applies a chat template
 
-    def scored_pairs(self, delimiter: str) -> list[tuple[str, str]]:
-        """The (context, continuation) pairs whose log-likelihoods the sample needs, one per choice."""
+    def scored_pairs(self, delimiter: str, context: str | None = None) -> list[tuple[str, str]]:
+        """The (context, continuation) pairs whose log-likelihoods the sample needs, one per choice; `context`
+        replaces the prompt (the chat-rendered prompt)."""
+        context = self.prompt if context is None else context
         if self.continuation is not None:
-            return [(self.prompt + choice, delimiter + self.continuation) for choice in self.choices]
-        return [(self.prompt, delimiter + choice) for choice in self.choices]
+            return [(context + choice, delimiter + self.continuation) for choice in self.choices]
+        return [(context, delimiter + choice) for choice in self.choices]
 
 
 def is_template(text: str) -> bool:
@@ -57,13 +73,14 @@ class _Renderer:
         self.templates = {
             name: self._compile(text, name)
             for name, text in self._texts()
-            if text is not None and (name == "template" or is_template(text))
+            if text is not None and (name in ("template", "instruction") or is_template(text))
         }
 
     def _texts(self) -> list[tuple[str, str | None]]:
         spec = self.spec
         return [
             ("template", spec.template),
+            ("instruction", spec.instruction or None),
             ("choices", spec.choices),
             ("target", spec.target),
             ("continuation", spec.continuation),
@@ -92,7 +109,7 @@ class _Renderer:
         try:
             return self.templates[name].render(**values)
         except jinja2.TemplateError as error:
-            raise HarnessError(f"template failed: {error}", path=self.spec.data, line=line, field=name) from None
+            raise HarnessError(f"template failed: {error}", path=self.spec.data_label, line=line, field=name) from None
 
     def text(self, name: str, values: dict[str, Any], line: int | None) -> str:
         """A text-valued setting of a row (a loglikelihood target, a continuation): the field's or template's text."""
@@ -115,9 +132,9 @@ def _choices(renderer: _Renderer, values: dict[str, Any], line: int | None) -> t
         return (renderer.text("target", values, line),)
     choices = renderer.value("choices", values, line)
     if not isinstance(choices, list | tuple) or not choices:
-        raise HarnessError("choices must be a non-empty list", path=spec.data, line=line, field="choices")
+        raise HarnessError("choices must be a non-empty list", path=spec.data_label, line=line, field="choices")
     if not all(isinstance(choice, str | int | float) for choice in choices):
-        raise HarnessError("each choice must be a string", path=spec.data, line=line, field="choices")
+        raise HarnessError("each choice must be a string", path=spec.data_label, line=line, field="choices")
     return tuple(str(choice) for choice in choices)
 
 
@@ -134,23 +151,26 @@ def _gold(renderer: _Renderer, values: dict[str, Any], choices: tuple[str, ...],
         if isinstance(item, str):
             if item not in choices:
                 raise HarnessError(
-                    f"gold '{item}' is not one of the {len(choices)} choices", path=spec.data, line=line, field="target"
+                    f"gold '{item}' is not one of the {len(choices)} choices",
+                    path=spec.data_label,
+                    line=line,
+                    field="target",
                 )
             item = choices.index(item)
         if isinstance(item, bool) or not isinstance(item, int):
             raise HarnessError(
-                f"gold must be an index or a choice, not {item!r}", path=spec.data, line=line, field="target"
+                f"gold must be an index or a choice, not {item!r}", path=spec.data_label, line=line, field="target"
             )
         if not 0 <= item < len(choices):
             raise HarnessError(
                 f"gold index {item} is out of range for {len(choices)} choices",
-                path=spec.data,
+                path=spec.data_label,
                 line=line,
                 field="target",
             )
         golds.append(item)
     if not golds:
-        raise HarnessError("no gold choice", path=spec.data, line=line, field="target")
+        raise HarnessError("no gold choice", path=spec.data_label, line=line, field="target")
     return tuple(golds)
 
 
@@ -163,7 +183,7 @@ def _references(renderer: _Renderer, values: dict[str, Any], line: int | None) -
     if not references or not all(isinstance(ref, str | int | float) for ref in references):
         raise HarnessError(
             "references must be a string or a non-empty list of strings",
-            path=spec.data,
+            path=spec.data_label,
             line=line,
             field=spec.reference_field,
         )
@@ -181,6 +201,34 @@ def _sample(renderer: _Renderer, sample_id: str, prefix: str, values: dict[str, 
     return Sample(sample_id, prompt, [choices[i] for i in gold], choices, gold, continuation)
 
 
+class _FewshotSampler:
+    """Worked examples per row, drawn as lm-evaluation-harness draws them: one generator seeded once per task and
+    drawing for the rows in order (`random`), or the first n rows of the pool for every row (`first_n`). When the
+    pool may hold the row itself, n+1 are drawn and the row is dropped."""
+
+    def __init__(self, spec: TaskSpec, pool: list[Row], same_split: bool) -> None:
+        self.n, self.sampler, self.pool = spec.num_fewshot, spec.fewshot_sampler, pool
+        self.exclude_self = same_split if spec.fewshot_exclude_self is None else spec.fewshot_exclude_self
+        self.rnd = random.Random(spec.fewshot_seed)
+        if self.n > len(pool) - (1 if same_split else 0):
+            raise HarnessError(
+                f"num_fewshot {self.n} needs more few-shot rows than the {len(pool)} there are",
+                path=spec.source,
+                field="num_fewshot",
+            )
+
+    def draw(self, values: dict[str, Any]) -> list[Row]:
+        if self.sampler == "first_n":
+            pool = [r for r in self.pool if r.values != values] if self.exclude_self else self.pool
+            return pool[: self.n]
+        if not self.exclude_self:
+            return self.rnd.sample(self.pool, self.n)
+        drawn = [r for r in self.rnd.sample(self.pool, self.n + 1) if r.values != values][: self.n]
+        if len(drawn) < self.n:  # the row was in the pool more than once
+            drawn = self.rnd.sample([r for r in self.pool if r.values != values], self.n)
+        return drawn
+
+
 def _fewshot_answer(sample: Sample, spec: TaskSpec) -> str:
     """A worked example's answer: its gold choice, or its first reference (not a list's repr)."""
     if sample.continuation is not None:
@@ -190,42 +238,101 @@ def _fewshot_answer(sample: Sample, spec: TaskSpec) -> str:
     return sample.references[0] if sample.references else ""
 
 
-def _fewshot_prefix(renderer: _Renderer) -> str:
+def _shot(renderer: _Renderer, values: dict[str, Any], line: int | None) -> str:
+    """One worked example: its prompt, the delimiter, its answer, the separator."""
     spec = renderer.spec
-    shots = []
-    for example in renderer.spec.fewshot:
-        sample = _sample(renderer, "fewshot", "", example, None)
-        # Partial-context scoring: the gold context, then the continuation (no delimiter between prompt and choice).
-        delimiter = "" if sample.continuation is not None else spec.target_delimiter
-        shots.append(sample.prompt + delimiter + _fewshot_answer(sample, spec))
-    return "".join(shot + spec.fewshot_separator for shot in shots)
+    sample = _sample(renderer, "fewshot", "", values, line)
+    # Partial-context scoring: the gold context, then the continuation (no delimiter between prompt and choice).
+    delimiter = "" if sample.continuation is not None else spec.target_delimiter
+    return sample.prompt + delimiter + _fewshot_answer(sample, spec) + spec.fewshot_separator
 
 
-def build_samples(spec: TaskSpec, rows: list[Row]) -> list[Sample]:
-    """Render each row through the task's templates; every row must carry every field the task uses."""
+def _prefixes(renderer: _Renderer, rows: Sequence[Row], fewshot_rows: list[Row] | None) -> Callable[[int], str]:
+    """The text before each row's own prompt: the system prompt (no chat template), the instruction and the
+    worked examples (fixed ones, or drawn per row)."""
+    spec = renderer.spec
+    system = spec.system_prompt + spec.fewshot_separator if spec.system_prompt and not spec.chat_template else ""
+    fixed = "".join(_shot(renderer, example, None) for example in spec.fewshot)
+    sampler = None
+    if spec.num_fewshot:
+        pool = fewshot_rows if fewshot_rows is not None else list(rows)
+        sampler = _FewshotSampler(spec, pool, same_split=fewshot_rows is None)
+    shots: dict[int, str] = {}
+
+    def prefix(index: int) -> str:
+        row = rows[index]
+        instruction = renderer.render("instruction", row.values, row.line) if spec.instruction else ""
+        if sampler is None:
+            return system + instruction + fixed
+        drawn = sampler.draw(row.values)
+        for shot in drawn:
+            if id(shot) not in shots:
+                shots[id(shot)] = _shot(renderer, shot.values, shot.line)
+        return system + instruction + "".join(shots[id(shot)] for shot in drawn)
+
+    return prefix
+
+
+def _preprocessed(spec: TaskSpec, rows: list[Row]) -> list[Row]:
+    if spec.preprocess is None:
+        return rows
+    process = lookup_preprocessor(spec.preprocess, spec.source)
+    processed = []
+    for row in rows:
+        try:
+            processed.append(Row(row.line, process(dict(row.values))))
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+            raise HarnessError(
+                f"preprocess '{spec.preprocess}' failed: {type(error).__name__}: {error}",
+                path=spec.data_label,
+                line=row.line,
+                field="preprocess",
+            ) from None
+    return processed
+
+
+def build_samples(spec: TaskSpec, rows: list[Row], fewshot_rows: list[Row] | None = None) -> list[Sample]:
+    """Render each row through the task's templates; every row must carry every field the task uses. Drawn
+    few-shot examples come from `fewshot_rows`, or from `rows` themselves (never the row being scored)."""
+    rows = _preprocessed(spec, rows)
+    fewshot_rows = _preprocessed(spec, fewshot_rows) if fewshot_rows is not None else None
     renderer = _Renderer(spec)
     needed = renderer.fields()
-    prefix = _fewshot_prefix(renderer)
+    prefix = _prefixes(renderer, rows, fewshot_rows)
+    system = spec.system_prompt if spec.chat_template else None
     samples, seen_ids = [], set()
     for index, row in enumerate(rows):
         missing = sorted(field for field in needed if row.values.get(field) is None)
         if missing:
             raise HarnessError(
                 "missing or null",
-                path=spec.data,
+                path=spec.data_label,
                 line=row.line,
                 field=missing[0],
                 hint=f"the task's template, choices, target, reference_field or id_field use it ({spec.source})",
             )
         sample_id = str(row.values[spec.id_field]) if spec.id_field else str(index)
         if sample_id in seen_ids:
-            raise HarnessError(f"duplicate id '{sample_id}'", path=spec.data, line=row.line, field=spec.id_field)
+            raise HarnessError(f"duplicate id '{sample_id}'", path=spec.data_label, line=row.line, field=spec.id_field)
         seen_ids.add(sample_id)
-        samples.append(_sample(renderer, sample_id, prefix, row.values, row.line))
+        sample = _sample(renderer, sample_id, prefix(index), row.values, row.line)
+        samples.append(dataclasses.replace(sample, system=system) if system else sample)
     return samples
 
 
-def load_samples(spec: TaskSpec) -> tuple[list[Sample], str]:
-    """The task's samples and the fingerprint of its data."""
+def read_task_rows(spec: TaskSpec) -> TaskRows:
+    """The rows of a task's local file or hub dataset, and of its few-shot source when it names one."""
+    if spec.dataset is not None:
+        return read_hub_rows(spec.dataset, spec.fewshot_split if spec.num_fewshot else None)
+    assert spec.data is not None  # the spec checks it has one source
     rows = read_rows(spec.data, spec.data_format)
-    return build_samples(spec, rows), data_fingerprint(spec.data)
+    if spec.fewshot_data is None or not spec.num_fewshot:
+        return TaskRows(rows, None, data_fingerprint(spec.data))
+    fewshot = read_rows(spec.fewshot_data)
+    return TaskRows(rows, fewshot, hash_json([data_fingerprint(spec.data), data_fingerprint(spec.fewshot_data)]))
+
+
+def load_samples(spec: TaskSpec) -> tuple[list[Sample], TaskRows]:
+    """The task's samples, and the rows they came from (with their fingerprint and a hub dataset's commit)."""
+    task_rows = read_task_rows(spec)
+    return build_samples(spec, task_rows.rows, task_rows.fewshot), task_rows

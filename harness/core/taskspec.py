@@ -26,6 +26,7 @@ shared continuation is scored after it (Winogrande's partial-context scoring). A
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,28 @@ class MetricConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class FilterConfig(BaseModel):
+    """A way of reading the answer out of generated text before scoring (lm-evaluation-harness's regex filter):
+    the `group_select`-th match of `regex` (0 the first, -1 the last; with groups, the first non-empty group),
+    stripped, or `fallback` when nothing matches. Each metric is reported once per filter, as `metric_<name>`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    regex: str
+    group_select: int = 0
+    fallback: str = "[invalid]"
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
+        return value
+
+
 class JudgeConfig(BaseModel):
     """An LLM-as-judge scorer: a rubric by name or path, plus the style a style rubric compares against."""
 
@@ -92,6 +115,25 @@ def _expand_shorthand(value: Any, key: str) -> Any:
     return value
 
 
+class DatasetSource(BaseModel):
+    """Task rows through `datasets.load_dataset`: a hub dataset (or a builder such as `json` with `data_files`), its
+    config, the split to score and a pinned revision. The local cache is used first; offline it is all there is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1)
+    name: str | None = None
+    split: str = "test"
+    revision: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+
+    def label(self, split: str | None = None) -> str:
+        """`org/name[config]:split` (`@revision`), how errors and reports name the data."""
+        config = f"[{self.name}]" if self.name else ""
+        revision = f"@{self.revision}" if self.revision else ""
+        return f"{self.path}{config}{revision}:{split or self.split}"
+
+
 class TaskSpec(BaseModel):
     """One evaluation task: data, prompt, kind, scorers and decoding settings."""
 
@@ -101,19 +143,30 @@ class TaskSpec(BaseModel):
     description: str = ""
     version: int = 1
     kind: TaskKind
-    data: Path
+    data: Path | None = None  # a local file or saved dataset folder; or `dataset:` (a hub dataset)
+    dataset: DatasetSource | None = None
     data_format: DataFormat = "auto"
     id_field: str | None = None
+    preprocess: str | None = None  # a registered row processor (@preprocessor), applied to every row first
+    instruction: str = ""  # a template placed before the few-shot examples (lm-evaluation-harness's description)
+    system_prompt: str | None = None  # a chat's system turn; without a chat template it leads the prompt
     template: str = "{{ text }}"
     reference_field: str | None = None
     choices: str | None = None  # multiple_choice: a field holding a list of strings, or a template yielding one
     target: str | None = None  # the gold (multiple_choice) or the continuation (loglikelihood): a field or template
     continuation: str | None = None  # multiple_choice with partial contexts: each choice ends the prompt, this follows
     chat_template: bool = False
-    fewshot: list[dict[str, Any]] = Field(default_factory=list)
+    fewshot: list[dict[str, Any]] = Field(default_factory=list)  # fixed worked examples, the same for every row
+    num_fewshot: int = Field(0, ge=0)  # or: this many examples drawn per row from the few-shot rows
+    fewshot_split: str | None = None  # where drawn examples come from: a split of `dataset`
+    fewshot_data: Path | None = None  # ... or a local file
+    fewshot_sampler: Literal["random", "first_n"] = "random"
+    fewshot_seed: int = 1234  # one seeded generator per task, drawing for the rows in order (as lm-eval)
+    fewshot_exclude_self: bool | None = None  # draw n+1 and drop the row itself; None: when the splits are the same
     fewshot_separator: str = "\n\n"
     target_delimiter: str = " "  # between a few-shot prompt and its answer
     metrics: list[MetricConfig] = Field(min_length=1)
+    filters: list[FilterConfig] = Field(default_factory=list)  # generate: answer extraction, each metric per filter
     judges: list[JudgeConfig] = Field(default_factory=list)
     generation: GenerationConfig = GenerationConfig()
     perplexity: PerplexityConfig = PerplexityConfig()
@@ -130,6 +183,25 @@ class TaskSpec(BaseModel):
         return _expand_shorthand(value, "rubric")
 
     @model_validator(mode="after")
+    def _one_source(self) -> TaskSpec:
+        if (self.data is None) == (self.dataset is None):
+            raise FieldError("data", "give either data (a local file) or dataset (a hub dataset), not both or neither")
+        if self.num_fewshot and self.fewshot:
+            raise FieldError("num_fewshot", "give fixed fewshot examples or num_fewshot drawn ones, not both")
+        if self.fewshot_data is not None and self.fewshot_split is not None:
+            raise FieldError("fewshot_data", "give fewshot_data (a file) or fewshot_split, not both")
+        if self.fewshot_split is not None and self.dataset is None:
+            raise FieldError(
+                "fewshot_split", "fewshot_split is a split of `dataset`; for a local file use fewshot_data"
+            )
+        return self
+
+    @property
+    def data_label(self) -> str:
+        """How errors name the task's rows: the local path, or the hub dataset with config and split."""
+        return str(self.data) if self.data is not None else self.dataset.label() if self.dataset else self.name
+
+    @model_validator(mode="after")
     def _fields_of_kind(self) -> TaskSpec:
         if self.kind == "generate" and not self.reference_field:
             raise FieldError("reference_field", "a generate task needs reference_field")
@@ -140,6 +212,8 @@ class TaskSpec(BaseModel):
         if self.kind in ("multiple_choice", "loglikelihood") and not self.target:
             what = "the gold choice" if self.kind == "multiple_choice" else "the continuation to score"
             raise FieldError("target", f"a {self.kind} task needs target ({what}: a field or a template)")
+        if self.filters and self.kind != "generate":
+            raise FieldError("filters", "filters read answers out of generated text: generate tasks only")
         if self.continuation is not None and self.kind != "multiple_choice":
             raise FieldError("continuation", "continuation (partial-context scoring) is for multiple_choice tasks")
         if self.kind not in ("multiple_choice", "loglikelihood") and (self.choices or self.target):
@@ -150,5 +224,22 @@ class TaskSpec(BaseModel):
     def fingerprint(self, data_fingerprint: str) -> str:
         """Task identity: data content, template, metric config, decoding settings, version."""
         return hash_json(
-            {"spec": self.model_dump(mode="json", exclude={"description", "data"}), "data": data_fingerprint}
+            {
+                "spec": self.model_dump(mode="json", exclude={"description", "data", "fewshot_data"}),
+                "data": data_fingerprint,
+            }
         )
+
+
+class GroupSpec(BaseModel):
+    """A named set of tasks (or groups) reported together as well as one by one: `micro` pools every member
+    task's samples (MMLU's overall accuracy is over all its questions), `macro` averages the member tasks' values.
+    A YAML file with a `group:` key is a group."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    tasks: list[str] = Field(min_length=1)
+    aggregate: Literal["micro", "macro"] = "micro"
+    source: Path | None = Field(default=None, exclude=True)

@@ -36,8 +36,9 @@ def load_task_file(path: Path) -> TaskSpec:
     """Parse and validate one task YAML; errors name the file, line and field."""
     raw, root = read_mapping(path, "a task file")
     spec = validate(TaskSpec, {"name": path.stem, **raw}, path, root)
-    data_path = spec.data if spec.data.is_absolute() else path.parent / spec.data
-    spec = spec.model_copy(update={"data": data_path, "source": path})
+    relative = {key: getattr(spec, key) for key in ("data", "fewshot_data") if getattr(spec, key) is not None}
+    resolved = {key: value if value.is_absolute() else path.parent / value for key, value in relative.items()}
+    spec = spec.model_copy(update={**resolved, "source": path})
     for index, metric_config in enumerate(spec.metrics):
         line = yaml_line(root, ("metrics", index))
         metric_def = get_metric(metric_config.name, spec.kind, path=path, field_name=f"metrics.{index}", line=line)

@@ -41,6 +41,7 @@ from harness.core.samples import Sample, load_samples
 from harness.core.taskspec import TaskSpec
 from harness.metrics import get_metric
 from harness.metrics.stats import bootstrap
+from harness.metrics.tasks import task_metrics
 
 B = TypeVar("B")  # a batch, as pipelined() hands it to its callbacks
 R = TypeVar("R")  # a batch's results
@@ -79,6 +80,7 @@ class PreparedTask:
     spec: TaskSpec
     samples: list[Sample]
     data_fingerprint: str
+    data_revision: str | None = None  # a hub dataset's commit
 
     @property
     def fingerprint(self) -> str:
@@ -94,14 +96,16 @@ def prepare_tasks(specs: Sequence[TaskSpec], limit: int | None) -> list[Prepared
     """Load every task's data up front so bad input fails before the model loads and before anything is written."""
     prepared = []
     for spec in specs:
-        samples, data_fingerprint = load_samples(spec)
-        prepared.append(PreparedTask(spec, samples[:limit] if limit else samples, data_fingerprint))
+        samples, rows = load_samples(spec)
+        prepared.append(PreparedTask(spec, samples[:limit] if limit else samples, rows.fingerprint, rows.revision))
     return prepared
 
 
 def _model_input(loaded: LoadedModel, task: PreparedTask, sample: Sample) -> str:
-    if task.spec.kind == "generate" and task.spec.chat_template:
-        messages = [{"role": "user", "content": sample.prompt}]
+    """The prompt as the model sees it: under `chat_template`, one user turn (after the system turn, if any)."""
+    if task.spec.kind != "perplexity" and task.spec.chat_template:
+        system = [{"role": "system", "content": sample.system}] if sample.system else []
+        messages = [*system, {"role": "user", "content": sample.prompt}]
         return str(loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     return sample.prompt
 
@@ -114,7 +118,7 @@ def _model_request(task: PreparedTask, sample: Sample, model_input: str) -> Mode
     choices, then with acc_mutual_info each choice's continuation after no context)."""
     if task.spec.kind not in LOGLIKELIHOOD_KINDS:
         return model_input
-    pairs = sample.scored_pairs(task.spec.target_delimiter)
+    pairs = sample.scored_pairs(task.spec.target_delimiter, context=model_input)
     return pairs + [("", continuation) for _, continuation in pairs] if task.unconditional else pairs
 
 
@@ -257,14 +261,14 @@ def _score_task(
             for s, c in zip(task.samples, choices, strict=True)
         ]
     references = [sample.references for sample in task.samples]
+    scorers = task_metrics(spec.kind, spec.metrics, spec.filters)
     records = []
     for i, sample in enumerate(task.samples):
         scores: dict[str, float] = {}
-        for metric_config in spec.metrics:
-            metric_def = get_metric(metric_config.name, spec.kind)
+        for scorer in scorers:
             scores.update(
-                metric_def.score(
-                    metric_config.options, predictions[i], sample.references, stats[i], choices[i], sample.gold
+                scorer.definition.score(
+                    scorer.options, predictions[i], sample.references, stats[i], choices[i], sample.gold
                 )
             )
         records.append(
@@ -282,8 +286,8 @@ def _score_task(
             )
         )
     metrics: dict[str, MetricValue] = {}
-    for metric_config in spec.metrics:
-        metric_def, metric_options = get_metric(metric_config.name, spec.kind), metric_config.options
+    for scorer in scorers:
+        metric_def, metric_options = scorer.definition, scorer.options
         rows = metric_def.sufficient_stats(metric_options, [r.scores for r in records], predictions, references)
         values = metric_def.corpus_value(metric_options, [sum(column) for column in zip(*rows, strict=True)])
         spreads = bootstrap(
@@ -357,7 +361,8 @@ def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOp
             kind=t.spec.kind,
             fingerprint=t.fingerprint,
             data_fingerprint=t.data_fingerprint,
-            data_path=str(t.spec.data),
+            data_path=t.spec.data_label,
+            data_revision=t.data_revision,
             config=t.spec.model_dump(mode="json", exclude={"data", "description"}),
         )
         for t in tasks

@@ -5,6 +5,7 @@ scores.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
@@ -24,14 +25,23 @@ def exact_match(
     ignore_case: bool = True,
     ignore_punctuation: bool = True,
     ignore_articles: bool = True,
+    regexes_to_ignore: Sequence[str] = (),
 ) -> float:
+    """`regexes_to_ignore` are deleted from both sides first, in order (lm-evaluation-harness's GSM8K reduces a
+    worked answer to its number so)."""
     options = {
         "ignore_case": ignore_case,
         "ignore_punctuation": ignore_punctuation,
         "ignore_articles": ignore_articles,
     }
-    predicted = normalize_text(prediction, **options)
-    return float(any(predicted == normalize_text(ref, **options) for ref in references))
+
+    def normal(text: str) -> str:
+        for pattern in regexes_to_ignore:
+            text = re.sub(pattern, "", text)
+        return normalize_text(text, **options)
+
+    predicted = normal(prediction)
+    return float(any(predicted == normal(ref) for ref in references))
 
 
 def _token_f1(prediction: str, reference: str) -> float:

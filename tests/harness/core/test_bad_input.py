@@ -49,7 +49,9 @@ def test_unknown_metric(task_dir: Callable[..., Path], tmp_path: Path) -> None:
 
 def test_metric_of_the_wrong_kind(task_dir: Callable[..., Path], tmp_path: Path) -> None:
     folder = task_dir("t", GOOD_ROWS, **{**GOOD_FIELDS, "metrics": ["perplexity"]})
-    assert_user_error(folder, "t", tmp_path / "runs", "t.yaml", "metrics.0", "not generate tasks", "metrics for generate tasks: bleu")
+    assert_user_error(
+        folder, "t", tmp_path / "runs", "t.yaml", "metrics.0", "not generate tasks", "metrics for generate tasks: bleu"
+    )
 
 
 def test_unknown_metric_option(task_dir: Callable[..., Path], tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from harness.backends.hf import ModelOptions, load_model, resolve_checkpoint
 from harness.core.data import read_rows
-from harness.core.samples import build_samples
 from harness.core.errors import HarnessError
+from harness.core.samples import build_samples
 from harness.core.taskspec import TaskSpec
 
 ROWS = [{"id": "a", "question": "Q1?", "answer": "x"}, {"id": "b", "question": "Q2?", "answer": "y"}]
