@@ -77,3 +77,21 @@ def _tiny_gemma3(attention: str = "sdpa", width: int = 32, vocab: int = 512) -> 
 def tiny_gemma3() -> Callable[..., torch.nn.Module]:
     """Returns a builder of fresh tiny random Gemma 3 models (seeded: every one of a size has the same weights)."""
     return _tiny_gemma3
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache with offline mode on, as a CI machine without network sees it. The switches are
+    patched on the modules: datasets and huggingface_hub read their environment variables once, at import."""
+    import datasets
+    import huggingface_hub
+
+    root = tmp_path / "hf"
+    for name, value in (("HF_HOME", str(root)), ("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1")):
+        monkeypatch.setenv(name, value)  # for subprocesses
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", root / "datasets")
+    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", root / "datasets" / "downloads")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root / "hub"))
+    return root

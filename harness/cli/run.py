@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from harness.cli.options import (
@@ -29,18 +30,22 @@ from harness.cli.tables import results_table
 def list_tasks(tasks_dir: TasksDirOption = None) -> None:
     """List registered tasks: name, kind, metrics, data (local rows, or the hub dataset), description."""
     from harness.core.data import read_rows
-    from harness.evaluation.catalog import find_tasks
+    from harness.evaluation.catalog import find_catalog
 
     table = Table("task", "kind", "metrics", "data", "description")
-    for name, spec in sorted(find_tasks(tasks_dir or []).items()):
+    catalog = find_catalog(tasks_dir or [])
+    for name, spec in sorted(catalog.tasks.items()):
         data = f"{len(read_rows(spec.data, spec.data_format))} rows" if spec.data else spec.data_label
-        table.add_row(name, spec.kind, ", ".join(m.name for m in spec.metrics), data, spec.description)
+        table.add_row(name, spec.kind, ", ".join(m.name for m in spec.metrics), escape(data), spec.description)
+    for name, group in sorted(catalog.groups.items()):
+        members = f"group ({group.aggregate}) of {len(group.tasks)}: {', '.join(group.tasks[:4])}"
+        table.add_row(name, "group", "", members + (", ..." if len(group.tasks) > 4 else ""), group.description)
     console.print(table)
 
 
 @user_errors
 def run(
-    tasks: Annotated[str, typer.Option(help="Comma-separated task names (see `harness tasks`)")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated task or group names (see `harness tasks`)")],
     model: Annotated[
         str, typer.Option(help="'gemma-3-270m' (embedded) or a local HF checkpoint folder")
     ] = "gemma-3-270m",
@@ -72,7 +77,7 @@ def run(
     from harness.backends import distributed
     from harness.backends.hf import check_adapter, load_model
     from harness.core.cache import ResultCache
-    from harness.evaluation.catalog import get_tasks
+    from harness.evaluation.catalog import resolve_tasks
     from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
 
     distributed.init_from_env()  # under torchrun / accelerate launch: samples are sharded across processes
@@ -80,7 +85,7 @@ def run(
         model=model, dtype=dtype, device=device, quant=quant, attention=attention, compile=compile_model
     )
     names = [name.strip() for name in tasks.split(",") if name.strip()]
-    specs = get_tasks(names, tasks_dir or [])
+    specs, groups = resolve_tasks(names, tasks_dir or [])
     prepared = prepare_tasks(specs, limit)
     result_cache = ResultCache(cache_path or ResultCache.default_path()) if cache else ResultCache(None)
     judge = None
@@ -95,7 +100,7 @@ def run(
     adapter_names: list[str | None] = [loaded.load_adapter(path) for path in adapter or []] or [None]
     for adapter_name in adapter_names:
         with loaded.activate(adapter_name):
-            run_result = evaluate(loaded, prepared, result_cache, run_options, err_console)
+            run_result = evaluate(loaded, prepared, result_cache, run_options, err_console, groups)
         if not distributed.is_main():
             continue
         results_path = run_result.write(out / run_result.run_id / "results.json")

@@ -35,6 +35,10 @@ def results_table(run_result: RunResult, title: str) -> Table:
                 sample_count(metric_value, task_result.n_samples),
                 str(task_result.n_cached),
             )
+    for group_name, group in run_result.groups.items():
+        for key, metric_value in group.metrics.items():
+            label = f"{group_name} ({group.aggregate}, {len(group.tasks)} tasks)"
+            table.add_row(label, key, _format_metric(metric_value.value, metric_value.stderr), str(group.n_samples), "")
     return table
 
 

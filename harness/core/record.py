@@ -94,6 +94,16 @@ class TaskResult(BaseModel):
     samples: list[SampleRecord]
 
 
+class GroupResult(BaseModel):
+    """A group's values over its tasks: `micro` pools their samples, `macro` averages their values."""
+
+    members: list[str]  # as the group lists them (tasks or groups)
+    tasks: list[str]  # every task under it
+    aggregate: str
+    n_samples: int
+    metrics: dict[str, MetricValue]
+
+
 class RunResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -101,6 +111,7 @@ class RunResult(BaseModel):
     spec: RunSpec
     wall_seconds: float
     tasks: dict[str, TaskResult]
+    groups: dict[str, GroupResult] = Field(default_factory=dict)
 
     def write(self, path: Path) -> Path:
         """Write atomically as JSON; returns the path."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import HarnessError
-from harness.core.registry import registered_tasks
-from harness.core.taskspec import TaskSpec
+from harness.core.registry import registered_groups, registered_tasks
+from harness.core.taskspec import GroupSpec, TaskSpec
 from harness.core.yamlfile import read_mapping, validate, yaml_line
 from harness.metrics import get_metric
 
@@ -64,32 +65,66 @@ def _import_task_module(module_path: Path) -> None:
     spec.loader.exec_module(module)
 
 
-def find_tasks(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskSpec]:
-    """Every task: YAML files in `tasks/`, the search path and `extra_dirs`, plus the `@task` functions.
-    Later folders win."""
-    found: dict[str, TaskSpec] = {}
+@dataclass(frozen=True)
+class Catalog:
+    tasks: dict[str, TaskSpec]
+    groups: dict[str, GroupSpec]
+
+
+def find_catalog(extra_dirs: Iterable[Path] = ()) -> Catalog:
+    """Every task and group: YAML files in `tasks/` (and its subfolders), the search path and `extra_dirs`, plus
+    the `@task` functions and groups registered from Python. Later folders win."""
+    tasks: dict[str, TaskSpec] = {}
+    groups: dict[str, GroupSpec] = {}
     for task_dir in [builtin_task_dir(), *_SEARCH_PATHS, *extra_dirs]:
         if not task_dir.is_dir():
             raise HarnessError("task folder does not exist", path=task_dir, field="--tasks-dir")
-        for module_path in sorted(task_dir.glob("*.py")):
+        for module_path in sorted(task_dir.rglob("*.py")):
             if module_path.name != "__init__.py":
                 _import_task_module(module_path.resolve())
-        for yaml_path in sorted([*task_dir.glob("*.yaml"), *task_dir.glob("*.yml")]):
-            spec = load_task_file(yaml_path)
-            found[spec.name] = spec
+        for yaml_path in sorted([*task_dir.rglob("*.yaml"), *task_dir.rglob("*.yml")]):
+            raw, root = read_mapping(yaml_path, "a task file")
+            if "group" in raw:
+                group = validate(GroupSpec, raw, yaml_path, root).model_copy(update={"source": yaml_path})
+                groups[group.group] = group
+            else:
+                spec = load_task_file(yaml_path)
+                tasks[spec.name] = spec
     for name, build in registered_tasks().items():
-        found[name] = build()
-    return found
+        tasks[name] = build()
+    return Catalog(tasks, {**registered_groups(), **groups})
+
+
+def find_tasks(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskSpec]:
+    """Every task by name (see find_catalog)."""
+    return find_catalog(extra_dirs).tasks
+
+
+def _expand(name: str, catalog: Catalog, groups: dict[str, GroupSpec], chain: tuple[str, ...] = ()) -> list[str]:
+    """The tasks a name stands for (a group: its members', depth first), collecting the groups met."""
+    if name in chain:
+        raise HarnessError(f"group '{name}' contains itself ({' -> '.join((*chain, name))})", field="--tasks")
+    if name in catalog.tasks:
+        return [name]
+    if name not in catalog.groups:
+        raise HarnessError(
+            f"unknown task or group '{name}'",
+            field="--tasks",
+            hint=f"known tasks: {len(catalog.tasks)}, groups: {len(catalog.groups)}; `harness tasks` lists them; "
+            "add your own task folder with --tasks-dir",
+        )
+    groups[name] = catalog.groups[name]
+    return [task for member in catalog.groups[name].tasks for task in _expand(member, catalog, groups, (*chain, name))]
+
+
+def resolve_tasks(names: Sequence[str], extra_dirs: Iterable[Path] = ()) -> tuple[list[TaskSpec], list[GroupSpec]]:
+    """The tasks the names stand for (groups expanded, each task once, in order) and the groups among them."""
+    catalog = find_catalog(extra_dirs)
+    groups: dict[str, GroupSpec] = {}
+    expanded = [task for name in names for task in _expand(name, catalog, groups)]
+    return [catalog.tasks[name] for name in dict.fromkeys(expanded)], list(groups.values())
 
 
 def get_tasks(names: Sequence[str], extra_dirs: Iterable[Path] = ()) -> list[TaskSpec]:
-    """The named tasks in order; an unknown name is a user error listing the known ones."""
-    known = find_tasks(extra_dirs)
-    missing = [name for name in names if name not in known]
-    if missing:
-        raise HarnessError(
-            f"unknown task(s): {', '.join(missing)}",
-            field="--tasks",
-            hint=f"known tasks: {', '.join(sorted(known))}",
-        )
-    return [known[name] for name in names]
+    """The tasks the names stand for, groups expanded; an unknown name is a user error."""
+    return resolve_tasks(names, extra_dirs)[0]

@@ -7,7 +7,6 @@ are recomputed from those outputs on every run.
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import time
@@ -38,9 +37,9 @@ from harness.core.record import (
 )
 from harness.core.registry import ChoiceStats, SampleStats
 from harness.core.samples import Sample, load_samples
-from harness.core.taskspec import TaskSpec
+from harness.core.taskspec import GroupSpec, TaskSpec
+from harness.evaluation.aggregate import group_results, metric_values
 from harness.metrics import get_metric
-from harness.metrics.stats import bootstrap
 from harness.metrics.tasks import task_metrics
 
 B = TypeVar("B")  # a batch, as pipelined() hands it to its callbacks
@@ -287,28 +286,8 @@ def _score_task(
         )
     metrics: dict[str, MetricValue] = {}
     for scorer in scorers:
-        metric_def, metric_options = scorer.definition, scorer.options
-        rows = metric_def.sufficient_stats(metric_options, [r.scores for r in records], predictions, references)
-        values = metric_def.corpus_value(metric_options, [sum(column) for column in zip(*rows, strict=True)])
-        spreads = bootstrap(
-            rows,
-            functools.partial(metric_def.corpus_value, metric_options),
-            n_resamples=options.bootstrap_resamples,
-            seed=options.seed,
-        )
-        signature = metric_def.signature(predictions, references, **metric_options) if metric_def.signature else None
-        for key, value in values.items():
-            informational = key in metric_def.info_keys
-            spread = None if informational else spreads.get(key)
-            metrics[key] = MetricValue(
-                value=value,
-                metric=metric_def.name,
-                signature=signature,
-                higher_is_better=None if informational else metric_def.higher_is_better,
-                stderr=spread.stderr if spread else None,
-                ci_low=spread.ci_low if spread else None,
-                ci_high=spread.ci_high if spread else None,
-            )
+        rows = scorer.definition.sufficient_stats(scorer.options, [r.scores for r in records], predictions, references)
+        metrics.update(metric_values(scorer, rows, predictions, references, options))
     judge_calls = 0
     if spec.judges and options.judge is not None and distributed.is_main():
         judged = options.judge(spec, task.samples, predictions)
@@ -384,6 +363,7 @@ def evaluate(
     cache: ResultCache,
     options: RunOptions,
     console: Console | None = None,
+    groups: Sequence[GroupSpec] = (),
 ) -> RunResult:
     """Evaluate the active model (base or adapter) on prepared tasks; nothing is written here but the cache."""
     started = time.perf_counter()
@@ -400,4 +380,5 @@ def evaluate(
         spec=_run_spec(loaded, tasks, options),
         wall_seconds=time.perf_counter() - started,
         tasks=results,
+        groups=group_results(groups, {t.spec.name: t.spec for t in tasks}, results, options),
     )

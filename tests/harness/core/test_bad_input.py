@@ -39,7 +39,7 @@ def assert_user_error(folder: Path, tasks: str, out: Path, *fragments: str) -> N
 
 def test_unknown_task(task_dir: Callable[..., Path], tmp_path: Path) -> None:
     folder = task_dir("good", GOOD_ROWS, **GOOD_FIELDS)
-    assert_user_error(folder, "good,nope", tmp_path / "runs", "unknown task(s): nope", "--tasks", "known tasks:")
+    assert_user_error(folder, "good,nope", tmp_path / "runs", "unknown task or group 'nope'", "--tasks", "--tasks-dir")
 
 
 def test_unknown_metric(task_dir: Callable[..., Path], tmp_path: Path) -> None:
