@@ -117,3 +117,35 @@ def model_options(**flags: str | bool) -> ModelOptions:
         location, message = first_error(error)
         flag = "--model" if location[0] == "name" else f"--{location[0]}"
         raise HarnessError(message, field=flag) from None
+
+
+GEN_KWARG_ALIASES = {"max_gen_toks": "max_new_tokens", "until": "stop"}  # lm-evaluation-harness's names
+
+
+def parse_gen_kwargs(text: str | None) -> dict[str, Any]:
+    """`--gen-kwargs temperature=0.7,top_p=0.9,max_new_tokens=64,stop=###` as a dict (numbers read as numbers;
+    `stop` may repeat; lm-evaluation-harness's max_gen_toks and until are accepted)."""
+    if not text:
+        return {}
+    parsed: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = GEN_KWARG_ALIASES.get(key.strip(), key.strip())
+        if not sep or not key:
+            raise HarnessError(f"'{item}' is not key=value", field="--gen-kwargs")
+        if key == "stop":
+            parsed.setdefault("stop", []).append(value.encode().decode("unicode_escape"))
+            continue
+        try:
+            parsed[key] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise HarnessError(f"'{key}' needs a number, not '{value}'", field="--gen-kwargs") from None
+    known = {"max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
+    unknown = sorted(set(parsed) - known)
+    if unknown:
+        raise HarnessError(
+            f"unknown generation setting(s): {', '.join(unknown)}",
+            field="--gen-kwargs",
+            hint=f"known: {', '.join(sorted(known))}",
+        )
+    return parsed

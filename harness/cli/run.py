@@ -21,6 +21,7 @@ from harness.cli.options import (
     endpoint_from_flags,
     err_console,
     model_options,
+    parse_gen_kwargs,
     user_errors,
 )
 from harness.cli.tables import results_table
@@ -71,6 +72,13 @@ def run(
     judge_timeout: JudgeTimeoutOption = 60.0,
     rubrics_dir: RubricsDirOption = None,
     skip_judges: Annotated[bool, typer.Option(help="Run tasks that list judges without judging")] = False,
+    num_fewshot: Annotated[
+        int | None, typer.Option(min=0, help="Worked examples drawn per sample (overrides the tasks' num_fewshot)")
+    ] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="A system prompt for every task")] = None,
+    gen_kwargs: Annotated[
+        str | None, typer.Option(help="Generation settings, e.g. temperature=0.7,top_p=0.9,max_new_tokens=64,stop=###")
+    ] = None,
     opik: Annotated[bool, typer.Option(help="Also export each run to Opik (needs the opik extra and config)")] = False,
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
@@ -86,6 +94,8 @@ def run(
     )
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     specs, groups = resolve_tasks(names, tasks_dir or [])
+    overrides = parse_gen_kwargs(gen_kwargs)
+    specs = [spec.with_overrides(num_fewshot, system_prompt, overrides) for spec in specs]
     prepared = prepare_tasks(specs, limit)
     result_cache = ResultCache(cache_path or ResultCache.default_path()) if cache else ResultCache(None)
     judge = None

@@ -221,6 +221,20 @@ class TaskSpec(BaseModel):
             raise FieldError(field, f"{field} is for multiple_choice and loglikelihood tasks, not {self.kind} tasks")
         return self
 
+    def with_overrides(
+        self, num_fewshot: int | None = None, system_prompt: str | None = None, gen_kwargs: dict[str, Any] | None = None
+    ) -> TaskSpec:
+        """The task with run-time prompt controls (--num-fewshot, --system-prompt, --gen-kwargs) applied; a task
+        with fixed worked examples keeps them."""
+        update: dict[str, Any] = {}
+        if num_fewshot is not None and not self.fewshot:
+            update["num_fewshot"] = num_fewshot
+        if system_prompt is not None:
+            update["system_prompt"] = system_prompt
+        if gen_kwargs and self.kind == "generate":
+            update["generation"] = GenerationConfig.model_validate({**self.generation.model_dump(), **gen_kwargs})
+        return self.model_copy(update=update) if update else self
+
     def fingerprint(self, data_fingerprint: str) -> str:
         """Task identity: data content, template, metric config, decoding settings, version."""
         return hash_json(

@@ -4,6 +4,7 @@ their category groups, as lm-evaluation-harness 0.4.13 defines them (facts from 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -70,7 +71,7 @@ def mmlu_subject(subject: str) -> TaskSpec:
 
 for _category, _subjects in MMLU_CATEGORIES.items():
     for _subject in _subjects.split():
-        task(f"mmlu_{_subject}")(lambda subject=_subject: mmlu_subject(subject))
+        task(f"mmlu_{_subject}")(functools.partial(mmlu_subject, _subject))
     register_group(
         GroupSpec(
             group=f"mmlu_{_category}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -189,3 +190,36 @@ def test_a_missing_field_names_the_file_but_no_line(task_dir: Callable[..., Path
     code, output = run_cli(folder, "t", tmp_path / "runs")
     assert code == 2, output
     assert "t.yaml: field 'reference_field': a generate task needs reference_field" in output, output
+
+
+MC_ROWS = [{"q": "Sky?", "options": ["blue", "green"], "answer": 0}]
+MC_FIELDS = {
+    "kind": "multiple_choice",
+    "template": "{{ q }}",
+    "choices": "options",
+    "target": "answer",
+    "metrics": ["acc"],
+}
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "message"),
+    [
+        ({"answer": 2}, "target", "gold index 2 is out of range for 2 choices"),
+        ({"answer": "red"}, "target", "gold 'red' is not one of the 2 choices"),
+        ({"options": []}, "choices", "choices must be a non-empty list"),
+        ({"options": None}, "options", "missing or null"),
+    ],
+)
+def test_bad_multiple_choice_rows_name_row_and_field(
+    task_dir: Callable[..., Path], tmp_path: Path, row: dict[str, Any], field: str, message: str
+) -> None:
+    rows = [MC_ROWS[0], {**MC_ROWS[0], **row}]
+    folder = task_dir("t", rows, **MC_FIELDS)
+    assert_user_error(folder, "t", tmp_path / "runs", "t.jsonl:2", f"field '{field}'", message)
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_a_multiple_choice_task_without_choices_is_refused(task_dir: Callable[..., Path], tmp_path: Path) -> None:
+    fields = {key: value for key, value in MC_FIELDS.items() if key != "choices"}
+    assert_user_error(task_dir("t", MC_ROWS, **fields), "t", tmp_path / "runs", "t.yaml", "choices", "needs choices")

@@ -55,7 +55,7 @@ def test_standard_tasks_and_groups_are_listed() -> None:
     assert len([name for name in catalog.tasks if name.startswith("mmlu_")]) == 57
     assert {"mmlu", "mmlu_stem", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences"} <= set(catalog.groups)
     specs, groups = resolve_tasks(["mmlu"])
-    assert len(specs) == 57 and [g.group for g in groups][0] == "mmlu" and len(groups) == 5
+    assert len(specs) == 57 and groups[0].group == "mmlu" and len(groups) == 5
 
 
 @pytest.mark.parametrize("task", json.loads((FIXTURES / "lm_eval_first_requests.json").read_text()))
@@ -85,5 +85,53 @@ def test_a_dataset_missing_from_the_offline_cache_is_one_clear_error(offline_hub
 def test_a_pinned_revision_other_than_the_cached_one_is_refused(benchmark_cache: Path) -> None:
     spec = find_catalog().tasks["piqa"]
     pinned = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"revision": "1" * 40})})  # type: ignore[union-attr]
-    with pytest.raises(HarnessError, match="not in the local cache|pins"):
+    with pytest.raises(HarnessError, match=r"not in the local cache|pins"):
         load_samples(pinned)
+
+
+def _run_benchmarks(gemma: Any, cache: Any, names: list[str], tasks_dir: Path) -> Any:
+    """One shot per task; `mmlu_fixture` is a group of the two MMLU subjects the fixture cache holds."""
+    from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
+
+    tasks_dir.mkdir(exist_ok=True)
+    (tasks_dir / "mmlu_fixture.yaml").write_text(
+        "group: mmlu_fixture\ntasks: [mmlu_abstract_algebra, mmlu_high_school_geography]\n"
+    )
+    specs, groups = resolve_tasks(names, [tasks_dir])
+    prepared = prepare_tasks([spec.with_overrides(num_fewshot=1) for spec in specs], limit=None)
+    return evaluate(gemma, prepared, cache, RunOptions(bootstrap_resamples=50), groups=groups)
+
+
+def test_a_run_on_the_fixtures_gives_the_pinned_values(
+    benchmark_cache: Path, gemma: Any, result_cache: Any, tmp_path: Path
+) -> None:
+    """The embedded Gemma (CPU, fp32) on ARC-Easy, WinoGrande and MMLU's two fixture subjects, one shot each.
+    The per-choice log-probabilities were checked against lm-evaluation-harness 0.4.13 (bench/mc_parity.py)."""
+    run = _run_benchmarks(gemma, result_cache, ["arc_easy", "winogrande", "mmlu_fixture"], tmp_path / "tasks")
+    arc = run.tasks["arc_easy"]
+    first = arc.samples[0]
+    assert [c.text for c in first.choices] == PINNED["arc_choices"]
+    assert [c.logprob for c in first.choices] == pytest.approx(PINNED["arc_logprobs"], rel=1e-4, abs=1e-4)
+    assert [c.tokens for c in first.choices] == PINNED["arc_tokens"]
+    values = {f"{task}/{key}": m.value for task, result in run.tasks.items() for key, m in result.metrics.items()}
+    assert values == pytest.approx(PINNED["values"])
+    mmlu = run.groups["mmlu_fixture"]
+    subjects = ["mmlu_abstract_algebra", "mmlu_high_school_geography"]
+    assert mmlu.tasks == subjects
+    pooled = sum(run.tasks[s].metrics["acc"].value * run.tasks[s].n_samples for s in subjects) / 6
+    assert mmlu.metrics["acc"].value == pytest.approx(pooled) and mmlu.n_samples == 6
+    assert run.spec.tasks[0].data_revision == "0" * 40
+
+
+PINNED: dict[str, Any] = {  # the embedded Gemma, CPU fp32, 2026-12-04
+    "arc_choices": ["flower", "leaf", "root", "stem"],
+    "arc_logprobs": [-8.49168, -5.89335, -1.07809, -5.6474],
+    "arc_tokens": [1, 1, 1, 1],
+    "values": {
+        "arc_easy/acc": 1.0,
+        "arc_easy/acc_norm": 2 / 3,
+        "winogrande/acc": 2 / 3,
+        "mmlu_abstract_algebra/acc": 0.0,
+        "mmlu_high_school_geography/acc": 0.0,
+    },
+}
