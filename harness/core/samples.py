@@ -84,6 +84,10 @@ class _Renderer:
             ("choices", spec.choices),
             ("target", spec.target),
             ("continuation", spec.continuation),
+            (
+                "reference_field",
+                spec.reference_field if spec.reference_field and is_template(spec.reference_field) else None,
+            ),
         ]
 
     def _compile(self, text: str, field: str) -> jinja2.Template:
@@ -95,7 +99,7 @@ class _Renderer:
     def fields(self) -> set[str]:
         """Every row field the task reads."""
         spec = self.spec
-        needed = {f for f in (spec.reference_field, spec.id_field) if f}
+        needed = {f for f in (spec.reference_field, spec.id_field) if f and not is_template(f)}
         for name, text in self._texts():
             if text is None:
                 continue
@@ -178,6 +182,8 @@ def _references(renderer: _Renderer, values: dict[str, Any], line: int | None) -
     spec = renderer.spec
     if spec.reference_field is None:
         return []
+    if "reference_field" in renderer.templates:  # a template (lm-eval's doc_to_target) gives one reference
+        return [renderer.text("reference_field", values, line)]
     value = values[spec.reference_field]
     references = value if isinstance(value, list) else [value]
     if not references or not all(isinstance(ref, str | int | float) for ref in references):

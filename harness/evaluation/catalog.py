@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import HarnessError
+from harness.core.lmeval_yaml import is_lm_eval_file, lm_eval_task
 from harness.core.registry import registered_groups, registered_tasks
 from harness.core.taskspec import GroupSpec, TaskSpec
 from harness.core.yamlfile import read_mapping, validate, yaml_line
@@ -83,13 +84,11 @@ def find_catalog(extra_dirs: Iterable[Path] = ()) -> Catalog:
             if module_path.name != "__init__.py":
                 _import_task_module(module_path.resolve())
         for yaml_path in sorted([*task_dir.rglob("*.yaml"), *task_dir.rglob("*.yml")]):
-            raw, root = read_mapping(yaml_path, "a task file")
-            if "group" in raw:
-                group = validate(GroupSpec, raw, yaml_path, root).model_copy(update={"source": yaml_path})
-                groups[group.group] = group
+            found = load_any_task_file(yaml_path)
+            if isinstance(found, GroupSpec):
+                groups[found.group] = found
             else:
-                spec = load_task_file(yaml_path)
-                tasks[spec.name] = spec
+                tasks[found.name] = found
     for name, build in registered_tasks().items():
         tasks[name] = build()
     return Catalog(tasks, {**registered_groups(), **groups})
@@ -98,6 +97,16 @@ def find_catalog(extra_dirs: Iterable[Path] = ()) -> Catalog:
 def find_tasks(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskSpec]:
     """Every task by name (see find_catalog)."""
     return find_catalog(extra_dirs).tasks
+
+
+def load_any_task_file(path: Path) -> TaskSpec | GroupSpec:
+    """A task or group file: ours, or one written for lm-evaluation-harness."""
+    if is_lm_eval_file(path):
+        return lm_eval_task(path)
+    raw, root = read_mapping(path, "a task file")
+    if "group" in raw:
+        return validate(GroupSpec, raw, path, root).model_copy(update={"source": path})
+    return load_task_file(path)
 
 
 def _expand(name: str, catalog: Catalog, groups: dict[str, GroupSpec], chain: tuple[str, ...] = ()) -> list[str]:
@@ -120,6 +129,13 @@ def _expand(name: str, catalog: Catalog, groups: dict[str, GroupSpec], chain: tu
 def resolve_tasks(names: Sequence[str], extra_dirs: Iterable[Path] = ()) -> tuple[list[TaskSpec], list[GroupSpec]]:
     """The tasks the names stand for (groups expanded, each task once, in order) and the groups among them."""
     catalog = find_catalog(extra_dirs)
+    for name in names:  # a task file named by its path: `--tasks path/to/task.yaml`
+        if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+            found = load_any_task_file(Path(name).resolve())
+            if isinstance(found, GroupSpec):
+                catalog.groups[name] = found
+            else:
+                catalog.tasks[name] = found.model_copy(update={"name": found.name})
     groups: dict[str, GroupSpec] = {}
     expanded = [task for name in names for task in _expand(name, catalog, groups)]
     return [catalog.tasks[name] for name in dict.fromkeys(expanded)], list(groups.values())
