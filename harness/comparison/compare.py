@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from harness.core.errors import HarnessError
-from harness.core.record import RunResult, SampleRecord, TaskResult, TaskRunSpec
+from harness.core.record import RunResult, SampleRecord, TaskRunSpec
 from harness.core.registry import MetricDef
 from harness.metrics.stats import resample_counts
 from harness.metrics.tasks import TaskMetric, task_metrics
@@ -295,17 +295,45 @@ def _flips(
 def compare_task(task: str, baseline: RunResult, candidate: RunResult, seed: int) -> TaskComparison:
     _check_comparable(task, baseline, candidate)
     result_a, result_b = baseline.tasks[task], candidate.tasks[task]
-    by_id = {s.id: s for s in result_b.samples}
-    shared_a = [s for s in result_a.samples if s.id in by_id]
+    judge_keys = [k for k, v in result_a.metrics.items() if v.metric.startswith("judge:") and k in result_b.metrics]
+    config = _task_spec(baseline, task).config
+    return _compare_samples(task, config, result_a.samples, result_b.samples, judge_keys, seed)
+
+
+def compare_group(group: str, baseline: RunResult, candidate: RunResult, seed: int) -> TaskComparison | None:
+    """A micro-averaged group as one task over its tasks' pooled samples (ids `task/id`); None for a macro group,
+    whose value is not a per-sample mean."""
+    group_a = baseline.groups[group]
+    tasks = [t for t in group_a.tasks if t in candidate.tasks and t in baseline.tasks]
+    if group_a.aggregate != "micro" or not tasks:
+        return None
+    for task in tasks:
+        _check_comparable(task, baseline, candidate)
+
+    def pooled(run: RunResult) -> list[SampleRecord]:
+        return [s.model_copy(update={"id": f"{t}/{s.id}"}) for t in tasks for s in run.tasks[t].samples]
+
+    config = _task_spec(baseline, tasks[0]).config
+    return _compare_samples(group, config, pooled(baseline), pooled(candidate), [], seed)
+
+
+def _compare_samples(
+    task: str,
+    config: dict[str, Any],
+    samples_a: list[SampleRecord],
+    samples_b: list[SampleRecord],
+    judge_keys: list[str],
+    seed: int,
+) -> TaskComparison:
+    by_id = {s.id: s for s in samples_b}
+    shared_a = [s for s in samples_a if s.id in by_id]
     shared_b = [by_id[s.id] for s in shared_a]
     if not shared_a:
         raise HarnessError(f"task '{task}' has no sample ids in common between the runs", field="RUNS")
-    config = _task_spec(baseline, task).config
     scorers = task_metrics(config.get("kind", "generate"), config["metrics"], config.get("filters", []))
     metrics = [m for scorer in scorers for m in _compare_metrics(task, scorer, shared_a, shared_b, seed)]
-    judge_keys = [k for k, v in result_a.metrics.items() if v.metric.startswith("judge:") and k in result_b.metrics]
     metrics += [_compare_judge_scores(task, key, shared_a, shared_b, seed) for key in judge_keys]
-    flip_score, higher = _flip_score(scorers[0].definition, result_a)
+    flip_score, higher = _flip_score(scorers[0].definition, shared_a)
     improved, regressed, samples = _flips(shared_a, shared_b, flip_score, higher) if flip_score else ([], [], [])
     return TaskComparison(
         task=task,
@@ -318,13 +346,20 @@ def compare_task(task: str, baseline: RunResult, candidate: RunResult, seed: int
     )
 
 
-def _flip_score(metric_def: MetricDef, result: TaskResult) -> tuple[str | None, bool]:
+def _flip_score(metric_def: MetricDef, samples: Sequence[SampleRecord]) -> tuple[str | None, bool]:
     """The per-sample score that ranks flips: the task's first metric's first per-sample score."""
-    scores = result.samples[0].scores if result.samples else {}
+    scores = samples[0].scores if samples else {}
     key = next((k for k in (*metric_def.keys, *metric_def.stat_keys) if k in scores), None)
     if metric_def.kind == "perplexity":
         return ("nll", False) if "nll" in scores else (None, False)
     return key, metric_def.higher_is_better
+
+
+def _group_comparisons(baseline: RunResult, candidate: RunResult, seed: int) -> dict[str, TaskComparison]:
+    """The micro groups both runs report, each compared as one task (listed after the tasks)."""
+    shared = [g for g in baseline.groups if g in candidate.groups]
+    compared = {g: compare_group(g, baseline, candidate, seed) for g in shared}
+    return {g: c for g, c in compared.items() if c is not None}
 
 
 def compare_runs(runs: Sequence[RunResult], seed: int = 0, pairwise: dict[str, Any] | None = None) -> Comparison:
@@ -343,7 +378,8 @@ def compare_runs(runs: Sequence[RunResult], seed: int = 0, pairwise: dict[str, A
                 candidate=candidate.run_id,
                 baseline_label=run_label(baseline),
                 candidate_label=run_label(candidate),
-                tasks={t: compare_task(t, baseline, candidate, seed) for t in shared},
+                tasks={t: compare_task(t, baseline, candidate, seed) for t in shared}
+                | _group_comparisons(baseline, candidate, seed),
                 pairwise=pairwise if len(runs) == 2 else None,
             )
         )

@@ -135,3 +135,20 @@ PINNED: dict[str, Any] = {  # the embedded Gemma, CPU fp32, 2026-12-04
         "mmlu_high_school_geography/acc": 0.0,
     },
 }
+
+
+def test_a_micro_group_compares_over_its_pooled_samples(
+    benchmark_cache: Path, gemma: Any, result_cache: Any, tmp_path: Path
+) -> None:
+    from harness.comparison.compare import compare_runs
+
+    run = _run_benchmarks(gemma, result_cache, ["mmlu_fixture"], tmp_path / "tasks")  # served from no cache: fresh
+    tasks = compare_runs([run, run]).comparisons[0].tasks
+    group = tasks["mmlu_fixture"]
+    assert group.n_shared == 6 and {s.id.split("/")[0] for s in group.samples} == set(run.groups["mmlu_fixture"].tasks)
+    acc = next(m for m in group.metrics if m.metric == "acc")
+    assert (
+        acc.baseline == run.groups["mmlu_fixture"].metrics["acc"].value
+        and acc.delta == 0
+        and acc.test == "exact McNemar"
+    )
