@@ -20,6 +20,8 @@ def test_tasks_lists_builtin_tasks_with_kind_metrics_and_size() -> None:
     assert {"general_english", "factual_qa", "plain_english"} <= set(rows)
     assert "perplexity" in rows["general_english"] and "40" in rows["general_english"]
     assert "exact_match, f1" in rows["factual_qa"]
+    assert "allenai/ai2_arc[ARC-Easy]:test" in rows["arc_easy"] and "acc, acc_norm" in rows["arc_easy"]
+    assert "group (micro) of 4" in rows["mmlu"]
 
 
 def test_run_prints_table_and_writes_record(task_dir: Callable[..., Path], tmp_path: Path) -> None:
