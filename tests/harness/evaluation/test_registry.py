@@ -20,7 +20,9 @@ def test_builtin_tasks_are_found_and_sized_for_the_issue() -> None:
     tasks = find_tasks()
     assert {"general_english", "factual_qa", "plain_english"} <= set(tasks)
     for spec in tasks.values():
-        if spec.data is not None:  # the standard benchmarks read hub datasets (tests/harness/evaluation/test_benchmarks)
+        if (
+            spec.data is not None
+        ):  # the standard benchmarks read hub datasets (tests/harness/evaluation/test_benchmarks)
             assert 30 <= len(read_rows(spec.data)) <= 200, spec.name
 
 
