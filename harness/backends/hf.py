@@ -118,6 +118,7 @@ class LoadedModel:
     options: ModelOptions
     checkpoint: Path
     base_fingerprint: str
+    hub_revision: str | None = None  # the snapshot commit of a model named by its hub ID
     adapters: dict[str, AdapterInfo] = field(default_factory=dict)
     active_adapter: str | None = None
     _model: Any = None

@@ -20,19 +20,10 @@ from typing import Any
 import torch
 
 from harness.backends.hf import LoadedModel
+from harness.backends.protocol import ContinuationScore
 from harness.kernels.headloss import output_head, token_nll_and_greedy
 
 PACKING_ATTENTION = ("sdpa", "eager")  # attention back-ends that take the block mask of a packed row
-
-
-@dataclass(frozen=True)
-class ContinuationScore:
-    """A continuation's summed log-probability given its context, its token count, and whether greedy decoding
-    from the context would produce exactly its tokens."""
-
-    logprob: float
-    tokens: int
-    greedy: bool
 
 
 def split_whitespace(context: str, continuation: str) -> tuple[str, str]:

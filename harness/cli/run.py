@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,7 +49,11 @@ def list_tasks(tasks_dir: TasksDirOption = None) -> None:
 def run(
     tasks: Annotated[str, typer.Option(help="Comma-separated task or group names (see `harness tasks`)")],
     model: Annotated[
-        str, typer.Option(help="'gemma-3-270m' (embedded) or a local HF checkpoint folder")
+        str,
+        typer.Option(
+            help="gemma-3-270m (embedded), a local checkpoint folder, a hub ID org/name[@revision], "
+            "gguf:PATH or gemma-3-270m-gguf (llama.cpp in process), or openai:MODEL (an endpoint at --base-url)"
+        ),
     ] = "gemma-3-270m",
     adapter: Annotated[list[Path] | None, typer.Option(help="PEFT adapter folder; repeat for several")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples per task")] = None,
@@ -61,6 +66,17 @@ def run(
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the decoder (GPU: faster scoring and decoding)")
     ] = False,
+    base_url: Annotated[
+        str | None, typer.Option(help="openai: models: the OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    ] = None,
+    api_key_env: Annotated[str, typer.Option(help="openai: models: environment variable holding the API key")] = (
+        "OPENAI_API_KEY"
+    ),
+    concurrency: Annotated[int, typer.Option(min=1, help="openai: models: requests in flight at once")] = 8,
+    request_timeout: Annotated[
+        float, typer.Option(min=0.1, help="openai: models: seconds per request (a whole-reply deadline)")
+    ] = 120.0,
+    n_ctx: Annotated[int, typer.Option(min=16, help="gguf models: llama.cpp context size in tokens")] = 2048,
     seed: Annotated[int, typer.Option()] = 0,
     cache: Annotated[bool, typer.Option(help="Reuse and store per-sample results")] = True,
     cache_path: Annotated[Path | None, typer.Option(help="SQLite cache file (default: the user cache dir)")] = None,
@@ -83,7 +99,10 @@ def run(
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
     from harness.backends import distributed
-    from harness.backends.hf import check_adapter, load_model
+    from harness.backends.hf import check_adapter
+    from harness.backends.hf_backend import HFBackend
+    from harness.backends.protocol import check_tasks
+    from harness.backends.select import ServedOptions, open_backend
     from harness.core.cache import ResultCache
     from harness.evaluation.catalog import resolve_tasks
     from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
@@ -92,6 +111,7 @@ def run(
     options = model_options(
         model=model, dtype=dtype, device=device, quant=quant, attention=attention, compile=compile_model
     )
+    served = ServedOptions(base_url, api_key_env, concurrency, request_timeout, n_ctx)
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     specs, groups = resolve_tasks(names, tasks_dir or [])
     overrides = parse_gen_kwargs(gen_kwargs)
@@ -106,16 +126,22 @@ def run(
     run_options = RunOptions(limit=limit, batch_size=batch_size, seed=seed, judge=judge)
     for adapter_dir in adapter or []:
         check_adapter(adapter_dir)
-    loaded = load_model(options)
-    adapter_names: list[str | None] = [loaded.load_adapter(path) for path in adapter or []] or [None]
+    backend = open_backend(options, served, adapters=bool(adapter))
+    check_tasks(backend, specs)  # before any model work: a task the backend cannot serve is one clear error
+    adapter_names: list[str | None] = [None]
+    if isinstance(backend, HFBackend):
+        adapter_names = [backend.loaded.load_adapter(path) for path in adapter or []] or [None]
     for adapter_name in adapter_names:
-        with loaded.activate(adapter_name):
-            run_result = evaluate(loaded, prepared, result_cache, run_options, err_console, groups)
+        with backend.loaded.activate(adapter_name) if isinstance(backend, HFBackend) else contextlib.nullcontext():
+            run_result = evaluate(backend, prepared, result_cache, run_options, err_console, groups)
+            label = backend.label
         if not distributed.is_main():
             continue
         results_path = run_result.write(out / run_result.run_id / "results.json")
-        label = f"{model}" + (f" + {loaded.adapters[adapter_name].path.name}" if adapter_name else "")
         console.print(results_table(run_result, f"{label}  ({run_result.wall_seconds:.1f} s)"))
+        errors = sum(task.n_errors for task in run_result.tasks.values())
+        if errors:
+            err_console.print(f"[yellow]{errors} sample(s) got no output[/] (each record says why; not in the metrics)")
         console.print(f"results: {results_path}")
         if opik:
             from harness.cli.reports import export_opik_run

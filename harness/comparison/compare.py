@@ -325,11 +325,13 @@ def _compare_samples(
     judge_keys: list[str],
     seed: int,
 ) -> TaskComparison:
-    by_id = {s.id: s for s in samples_b}
-    shared_a = [s for s in samples_a if s.id in by_id]
+    by_id = {s.id: s for s in samples_b if s.error is None}  # a sample the model gave no output for pairs with none
+    shared_a = [s for s in samples_a if s.id in by_id and s.error is None]
     shared_b = [by_id[s.id] for s in shared_a]
     if not shared_a:
-        raise HarnessError(f"task '{task}' has no sample ids in common between the runs", field="RUNS")
+        raise HarnessError(
+            f"task '{task}' has no sample ids in common between the runs (with an output in both)", field="RUNS"
+        )
     scorers = task_metrics(config.get("kind", "generate"), config["metrics"], config.get("filters", []))
     metrics = [m for scorer in scorers for m in _compare_metrics(task, scorer, shared_a, shared_b, seed)]
     metrics += [_compare_judge_scores(task, key, shared_a, shared_b, seed) for key in judge_keys]

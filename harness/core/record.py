@@ -49,6 +49,7 @@ class SampleRecord(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict)
     judgments: dict[str, Any] = Field(default_factory=dict)  # per rubric: raw judge text and any error
     cached: bool = False
+    error: str | None = None  # why the model gave no output for it (a server error): left out of the metrics
 
 
 class TaskRunSpec(BaseModel):
@@ -64,15 +65,18 @@ class TaskRunSpec(BaseModel):
 
 class ModelRunSpec(BaseModel):
     name: str
-    checkpoint: str
+    checkpoint: str  # a local folder or file, or the served model's name
     fingerprint: str
     base_fingerprint: str
+    backend: str = "hf"  # hf (transformers in process) | gguf (llama.cpp in process) | openai (an endpoint)
+    endpoint: str | None = None  # an openai backend's base URL
+    hub_revision: str | None = None  # a hub model's snapshot commit
     adapter_path: str | None = None
     adapter_fingerprint: str | None = None
     training: dict[str, Any] | None = None  # the adapter's manifest.json (loss curve, config) when it has one
-    dtype: str
-    device: str
-    quant: str
+    dtype: str | None = None
+    device: str | None = None
+    quant: str | None = None
 
 
 class RunSpec(BaseModel):
@@ -89,6 +93,7 @@ class TaskResult(BaseModel):
     task: str
     n_samples: int
     n_cached: int
+    n_errors: int = 0  # samples the model gave no output for (their records say why)
     judge_calls: int = 0
     metrics: dict[str, MetricValue]
     samples: list[SampleRecord]

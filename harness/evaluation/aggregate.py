@@ -64,8 +64,9 @@ def group_results(
         if group.aggregate == "micro":
             first = specs[names[0]]
             for scorer in task_metrics(first.kind, first.metrics, first.filters):
-                samples = [s for name in names for s in results[name].samples]
-                if not all(key in samples[0].scores for key in scorer.definition.stat_keys or scorer.definition.keys):
+                samples = [s for name in names for s in results[name].samples if s.error is None]
+                needed = scorer.definition.stat_keys or scorer.definition.keys
+                if not samples or not all(key in samples[0].scores for key in needed):
                     continue
                 predictions, references = [s.output or "" for s in samples], [s.references for s in samples]
                 scores = [s.scores for s in samples]

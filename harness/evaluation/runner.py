@@ -7,7 +7,6 @@ are recomputed from those outputs on every run.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import uuid
@@ -16,19 +15,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness.backends import distributed, hf_loglikelihood, hf_requests
-from harness.backends.hf import LoadedModel
+from harness.backends import distributed
+from harness.backends.protocol import Backend, ContinuationScore, Prompt, RequestError, check_tasks
 from harness.core.cache import ResultCache
 from harness.core.record import (
     ChoiceRecord,
     MetricValue,
-    ModelRunSpec,
     RunResult,
     RunSpec,
     SampleRecord,
@@ -100,16 +97,13 @@ def prepare_tasks(specs: Sequence[TaskSpec], limit: int | None) -> list[Prepared
     return prepared
 
 
-def _model_input(loaded: LoadedModel, task: PreparedTask, sample: Sample) -> str:
-    """The prompt as the model sees it: under `chat_template`, one user turn (after the system turn, if any)."""
-    if task.spec.kind != "perplexity" and task.spec.chat_template:
-        system = [{"role": "system", "content": sample.system}] if sample.system else []
-        messages = [*system, {"role": "user", "content": sample.prompt}]
-        return str(loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return sample.prompt
-
-
 ModelRequest = str | list[tuple[str, str]]  # a prompt or text to score, or (context, continuation) pairs
+
+
+def _prompt(task: PreparedTask, sample: Sample) -> Prompt:
+    """A sample's prompt; under `chat_template` (never for perplexity) one user turn after the system turn."""
+    chat = task.spec.kind != "perplexity" and task.spec.chat_template
+    return Prompt(sample.prompt, sample.system if chat else None, chat)
 
 
 def _model_request(task: PreparedTask, sample: Sample, model_input: str) -> ModelRequest:
@@ -125,14 +119,14 @@ def _request_size(request: ModelRequest) -> int:
     return len(request) if isinstance(request, str) else sum(len(a) + len(b) for a, b in request)
 
 
-def _cache_key(loaded: LoadedModel, task: PreparedTask, model_input: ModelRequest) -> str:
+def _cache_key(backend: Backend, task: PreparedTask, model_input: ModelRequest) -> str:
     spec = task.spec
     settings = {
         "generate": spec.generation.model_dump(),
         "perplexity": spec.perplexity.model_dump(),
     }.get(spec.kind, {})
     return ResultCache.key(
-        model=loaded.fingerprint,
+        model=backend.fingerprint,
         kind=spec.kind,
         input=model_input,
         settings=settings,
@@ -141,37 +135,47 @@ def _cache_key(loaded: LoadedModel, task: PreparedTask, model_input: ModelReques
 
 
 def _continuation_scores(
-    loaded: LoadedModel, requests: list[list[tuple[str, str]]], batch_size: int, unconditional: bool
+    backend: Backend, requests: list[list[tuple[str, str]]], batch_size: int, unconditional: bool
 ) -> list[dict[str, Any]]:
-    """Per sample: each choice's log-probability, token count and greedy flag (and unconditional log-probability)."""
-    scores = hf_loglikelihood.loglikelihood(loaded, [pair for request in requests for pair in request], batch_size)
-    results, start = [], 0
+    """Per sample: each choice's log-probability, token count and greedy flag (and unconditional log-probability);
+    a sample any of whose requests failed gets that error."""
+    scores = backend.loglikelihood([pair for request in requests for pair in request], batch_size)
+    results: list[dict[str, Any]] = []
+    start = 0
     for request in requests:
         part, start = scores[start : start + len(request)], start + len(request)
+        failed = next((s for s in part if isinstance(s, RequestError)), None)
+        if failed is not None:
+            results.append({"error": failed.reason})
+            continue
+        ok = [s for s in part if isinstance(s, ContinuationScore)]
         n_choices = len(request) // 2 if unconditional else len(request)
         result = {
-            "logprob": [s.logprob for s in part[:n_choices]],
-            "tokens": [s.tokens for s in part[:n_choices]],
-            "greedy": [s.greedy for s in part[:n_choices]],
+            "logprob": [s.logprob for s in ok[:n_choices]],
+            "tokens": [s.tokens for s in ok[:n_choices]],
+            "greedy": [s.greedy for s in ok[:n_choices]],
         }
-        results.append(result | ({"unconditional": [s.logprob for s in part[n_choices:]]} if unconditional else {}))
+        results.append(result | ({"unconditional": [s.logprob for s in ok[n_choices:]]} if unconditional else {}))
     return results
 
 
 def _launch_batch(
-    loaded: LoadedModel, task: PreparedTask, inputs: list[Any], batch_size: int
+    backend: Backend, task: PreparedTask, prompts: list[Prompt], requests: list[Any], batch_size: int
 ) -> Callable[[], list[dict[str, Any]]]:
-    """Start one batch and return a function that gives its results: generation finishes here, while perplexity
-    is only queued on the device (hf_requests.queue_rolling) and read back when the results are asked for."""
+    """Start one batch and return a function that gives its results: generation finishes here, while a GPU's
+    perplexity is only queued on the device and read back when the results are asked for."""
     spec = task.spec
     if spec.kind in LOGLIKELIHOOD_KINDS:
-        results = _continuation_scores(loaded, inputs, batch_size, task.unconditional)
+        results = _continuation_scores(backend, requests, batch_size, task.unconditional)
         return lambda: results
     if spec.kind == "generate":
-        outputs = hf_requests.generate(loaded, inputs, spec.generation, chat=spec.chat_template)
-        return lambda: [{"output": text} for text in outputs]
-    pending = hf_requests.queue_rolling(loaded, inputs, spec.perplexity.max_length, spec.perplexity.stride, batch_size)
-    return lambda: [{"nll": s.nll, "tokens": s.tokens, "bytes": s.bytes} for s in pending()]
+        outputs = backend.generate(prompts, spec.generation)
+        return lambda: [{"error": o.reason} if isinstance(o, RequestError) else {"output": o} for o in outputs]
+    pending = backend.loglikelihood_rolling(requests, spec.perplexity.max_length, spec.perplexity.stride, batch_size)
+    return lambda: [
+        {"error": s.reason} if isinstance(s, RequestError) else {"nll": s.nll, "tokens": s.tokens, "bytes": s.bytes}
+        for s in pending()
+    ]
 
 
 def pipelined(
@@ -199,12 +203,14 @@ def pipelined(
 
 
 def _model_outputs(
-    loaded: LoadedModel, task: PreparedTask, cache: ResultCache, options: RunOptions, progress: Progress
+    backend: Backend, task: PreparedTask, cache: ResultCache, options: RunOptions, progress: Progress
 ) -> tuple[list[str], list[dict[str, Any]], set[int]]:
-    """Model inputs, outputs and the indices served from the cache, computing only what the cache lacks."""
-    inputs = [_model_input(loaded, task, sample) for sample in task.samples]
+    """Model inputs, outputs and the indices served from the cache, computing only what the cache lacks. A failed
+    request's output is {"error": reason}, never cached: the next run asks again."""
+    prompts = [_prompt(task, sample) for sample in task.samples]
+    inputs = [backend.model_input(prompt) for prompt in prompts]
     requests = [_model_request(task, sample, text) for sample, text in zip(task.samples, inputs, strict=True)]
-    keys = [_cache_key(loaded, task, request) for request in requests]
+    keys = [_cache_key(backend, task, request) for request in requests]
     found = cache.get_many(keys)
     cached = {i for i, key in enumerate(keys) if key in found}
     bar = progress.add_task(task.spec.name, total=len(inputs), completed=len(cached))
@@ -214,15 +220,18 @@ def _model_outputs(
 
     def store(batch: list[int], results: list[dict[str, Any]]) -> None:
         fresh = {keys[i]: result for i, result in zip(batch, results, strict=True)}
-        cache.put_many(fresh)
+        cache.put_many({key: result for key, result in fresh.items() if "error" not in result})
         computed.update(fresh)
         progress.advance(bar, len(batch) * distributed.world_size())
 
     # Perplexity keeps one batch in flight (host and device work overlap); generation caches each batch as it comes.
-    batches = [mine[start : start + options.batch_size] for start in range(0, len(mine), options.batch_size)]
+    size = backend.batch_size(options.batch_size)
+    batches = [mine[start : start + size] for start in range(0, len(mine), size)]
     pipelined(
         batches,
-        lambda batch: _launch_batch(loaded, task, [requests[i] for i in batch], options.batch_size),
+        lambda batch: _launch_batch(
+            backend, task, [prompts[i] for i in batch], [requests[i] for i in batch], options.batch_size
+        ),
         store,
         in_flight=1 if task.spec.kind == "perplexity" else 0,
     )
@@ -250,21 +259,24 @@ def _score_task(
     cached: set[int],
     options: RunOptions,
 ) -> TaskResult:
+    """Per-sample scores and corpus metrics; a sample whose request failed is recorded with its error and left out
+    of the metrics (and of judging)."""
     spec = task.spec
+    ok = [i for i, out in enumerate(outputs) if "error" not in out]
+    samples = [task.samples[i] for i in ok]
     stats = [SampleStats(out["nll"], out["tokens"], out["bytes"]) if "nll" in out else None for out in outputs]
     choices = [_choice_stats(sample, out) for sample, out in zip(task.samples, outputs, strict=True)]
     predictions = [out.get("output", "") for out in outputs]
     if spec.kind == "multiple_choice":  # the most likely choice stands as the output
         predictions = [
-            s.choices[max(range(len(c)), key=lambda j: (c[j].logprob, -j))]
+            s.choices[max(range(len(c)), key=lambda j: (c[j].logprob, -j))] if c else ""
             for s, c in zip(task.samples, choices, strict=True)
         ]
-    references = [sample.references for sample in task.samples]
     scorers = task_metrics(spec.kind, spec.metrics, spec.filters)
     records = []
     for i, sample in enumerate(task.samples):
         scores: dict[str, float] = {}
-        for scorer in scorers:
+        for scorer in scorers if "error" not in outputs[i] else []:
             scores.update(
                 scorer.definition.score(
                     scorer.options, predictions[i], sample.references, stats[i], choices[i], sample.gold
@@ -274,7 +286,7 @@ def _score_task(
             SampleRecord(
                 id=sample.id,
                 prompt=inputs[i],
-                output=predictions[i] if spec.kind in ("generate", "multiple_choice") else None,
+                output=predictions[i] if spec.kind in ("generate", "multiple_choice") and i in ok else None,
                 references=sample.references,
                 choices=[
                     ChoiceRecord(text=text, **vars(c)) for text, c in zip(sample.choices, choices[i], strict=True)
@@ -282,16 +294,22 @@ def _score_task(
                 gold=list(sample.gold),
                 scores=scores,
                 cached=i in cached,
+                error=outputs[i].get("error"),
             )
         )
+    scored = [records[i] for i in ok]
+    ok_predictions = [predictions[i] for i in ok]
+    references = [sample.references for sample in samples]
     metrics: dict[str, MetricValue] = {}
-    for scorer in scorers:
-        rows = scorer.definition.sufficient_stats(scorer.options, [r.scores for r in records], predictions, references)
-        metrics.update(metric_values(scorer, rows, predictions, references, options))
+    for scorer in scorers if scored else []:
+        rows = scorer.definition.sufficient_stats(
+            scorer.options, [r.scores for r in scored], ok_predictions, references
+        )
+        metrics.update(metric_values(scorer, rows, ok_predictions, references, options))
     judge_calls = 0
-    if spec.judges and options.judge is not None and distributed.is_main():
-        judged = options.judge(spec, task.samples, predictions)
-        for record, scores, judgments in zip(records, judged.sample_scores, judged.sample_judgments, strict=True):
+    if spec.judges and options.judge is not None and distributed.is_main() and scored:
+        judged = options.judge(spec, samples, ok_predictions)
+        for record, scores, judgments in zip(scored, judged.sample_scores, judged.sample_judgments, strict=True):
             record.scores.update(scores)
             record.judgments.update(judgments)
         metrics.update(judged.metrics)
@@ -300,6 +318,7 @@ def _score_task(
         task=spec.name,
         n_samples=len(records),
         n_cached=len(cached),
+        n_errors=len(records) - len(scored),
         judge_calls=judge_calls,
         metrics=metrics,
         samples=records,
@@ -314,25 +333,7 @@ def _git_sha() -> str | None:
     return result.stdout.strip() or None
 
 
-def _training_manifest(adapter_dir: Path) -> dict[str, Any] | None:
-    path = adapter_dir / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOptions) -> RunSpec:
-    adapter = loaded.adapters.get(loaded.active_adapter) if loaded.active_adapter else None
-    model_spec = ModelRunSpec(
-        name=loaded.options.name,
-        checkpoint=str(loaded.checkpoint),
-        fingerprint=loaded.fingerprint,
-        base_fingerprint=loaded.base_fingerprint,
-        adapter_path=str(adapter.path) if adapter else None,
-        adapter_fingerprint=adapter.fingerprint if adapter else None,
-        training=_training_manifest(adapter.path) if adapter else None,
-        dtype=str(loaded.options.resolved_dtype()).removeprefix("torch."),
-        device=loaded.device.type,
-        quant=loaded.options.quant,
-    )
+def _run_spec(backend: Backend, tasks: Sequence[PreparedTask], options: RunOptions) -> RunSpec:
     task_specs = [
         TaskRunSpec(
             name=t.spec.name,
@@ -347,7 +348,7 @@ def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOp
         for t in tasks
     ]
     return RunSpec(
-        model=model_spec,
+        model=backend.describe(),
         tasks=task_specs,
         limit=options.limit,
         seed=options.seed,
@@ -358,26 +359,28 @@ def _run_spec(loaded: LoadedModel, tasks: Sequence[PreparedTask], options: RunOp
 
 
 def evaluate(
-    loaded: LoadedModel,
+    backend: Backend,
     tasks: Sequence[PreparedTask],
     cache: ResultCache,
     options: RunOptions,
     console: Console | None = None,
     groups: Sequence[GroupSpec] = (),
 ) -> RunResult:
-    """Evaluate the active model (base or adapter) on prepared tasks; nothing is written here but the cache."""
+    """Evaluate the model (with its active adapter, if any) on prepared tasks; nothing is written here but the
+    cache."""
+    check_tasks(backend, [task.spec for task in tasks])
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     results = {}
     with Progress(*columns, console=console or Console(stderr=True), disable=not distributed.is_main()) as progress:
         for task in tasks:
-            inputs, outputs, cached = _model_outputs(loaded, task, cache, options, progress)
+            inputs, outputs, cached = _model_outputs(backend, task, cache, options, progress)
             results[task.spec.name] = _score_task(task, inputs, outputs, cached, options)
     created_at = datetime.now(timezone.utc)
     return RunResult(
         run_id=f"{created_at:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
         created_at=created_at,
-        spec=_run_spec(loaded, tasks, options),
+        spec=_run_spec(backend, tasks, options),
         wall_seconds=time.perf_counter() - started,
         tasks=results,
         groups=group_results(groups, {t.spec.name: t.spec for t in tasks}, results, options),

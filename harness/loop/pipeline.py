@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from harness.backends.hf import LoadedModel, ModelOptions, load_model
+from harness.backends.hf_backend import HFBackend
 from harness.comparison.compare import Comparison, compare_runs
 from harness.comparison.gate import RuleOutcome, load_rules, run_gate
 from harness.core.cache import ResultCache
@@ -122,7 +123,7 @@ def evaluate_base_and_tuned(
     for adapter_name, label in ((None, "base"), (name, "tuned")):
         console.print(f"[bold]evaluating[/] {label}")
         with loaded.activate(adapter_name):
-            runs.append(evaluate(loaded, prepared, cache, run_options, console))
+            runs.append(evaluate(HFBackend(loaded), prepared, cache, run_options, console))
     return runs[0], runs[1]
 
 

@@ -96,7 +96,7 @@ def test_replies_that_are_no_chat_completion_are_errors_per_sample(
     assert "not a chat completion" in by_case["nochoices"]["general"]["error"]
     assert "model overloaded" in by_case["errorbody"]["general"]["error"]
     assert "502 Bad Gateway" in by_case["html"]["general"]["error"]
-    assert "JudgeReplyError" in by_case["truncated"]["general"]["error"]
+    assert "ReplyError" in by_case["truncated"]["general"]["error"]
     for case in MALFORMED:
         assert "general.relevance" not in scores[case], case
     assert scores["fine"]["general.relevance"] == 4.0

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from harness.backends.hf import LoadedModel
+from harness.backends.hf_backend import HFBackend
 from harness.core.cache import ResultCache
 from harness.core.record import RunResult
 from harness.evaluation.catalog import builtin_task_dir, get_tasks
@@ -41,6 +42,8 @@ def real_runs(gemma: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> d
         folder = _variant(root / f"tasks-{name}", generation)
         specs = get_tasks(["factual_qa", "plain_english"], [folder])
         options = RunOptions(limit=LIMIT, bootstrap_resamples=200)
-        result: RunResult = evaluate(gemma, prepare_tasks(specs, LIMIT), ResultCache(root / "cache.sqlite"), options)
+        result: RunResult = evaluate(
+            HFBackend(gemma), prepare_tasks(specs, LIMIT), ResultCache(root / "cache.sqlite"), options
+        )
         paths[name] = result.write(root / name / "results.json")
     return paths

@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from harness.backends.hf import LoadedModel, ModelOptions, load_model
+from harness.backends.hf_backend import HFBackend
 from harness.backends.hf_requests import loglikelihood_rolling
 from harness.core.cache import ResultCache
 from harness.evaluation.catalog import get_tasks
@@ -71,7 +72,7 @@ def test_run_with_adapter_records_it(with_adapters: LoadedModel, tmp_path: Path)
     (folder / "t.yaml").write_text("kind: perplexity\ndata: t.jsonl\nmetrics: [perplexity]\n")
     prepared = prepare_tasks(get_tasks(["t"], [folder]), None)
     with with_adapters.activate("a1"):
-        result = evaluate(with_adapters, prepared, ResultCache(None), RunOptions())
+        result = evaluate(HFBackend(with_adapters), prepared, ResultCache(None), RunOptions())
     assert result.spec.model.adapter_path == str(with_adapters.adapters["a1"].path)
     assert result.spec.model.adapter_fingerprint == with_adapters.adapters["a1"].fingerprint
 

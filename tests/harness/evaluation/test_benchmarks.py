@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness.backends.hf_backend import HFBackend
 from harness.core.errors import HarnessError
 from harness.core.samples import load_samples
 from harness.evaluation.catalog import find_catalog, resolve_tasks
@@ -99,7 +100,7 @@ def _run_benchmarks(gemma: Any, cache: Any, names: list[str], tasks_dir: Path) -
     )
     specs, groups = resolve_tasks(names, [tasks_dir])
     prepared = prepare_tasks([spec.with_overrides(num_fewshot=1) for spec in specs], limit=None)
-    return evaluate(gemma, prepared, cache, RunOptions(bootstrap_resamples=50), groups=groups)
+    return evaluate(HFBackend(gemma), prepared, cache, RunOptions(bootstrap_resamples=50), groups=groups)
 
 
 def test_a_run_on_the_fixtures_gives_the_pinned_values(

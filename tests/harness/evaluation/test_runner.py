@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.backends.hf import LoadedModel
+from harness.backends.hf_backend import HFBackend
 from harness.core.cache import ResultCache
 from harness.core.record import RunResult
 from harness.evaluation.catalog import get_tasks
@@ -39,7 +40,7 @@ def qa_and_text_tasks(task_dir: Callable[..., Path]) -> Path:
 def run_tasks(gemma: LoadedModel, folder: Path, cache: ResultCache, names: list[str], **options: object) -> RunResult:
     specs = get_tasks(names, [folder])
     run_options = RunOptions(bootstrap_resamples=200, **options)  # type: ignore[arg-type]
-    return evaluate(gemma, prepare_tasks(specs, run_options.limit), cache, run_options)
+    return evaluate(HFBackend(gemma), prepare_tasks(specs, run_options.limit), cache, run_options)
 
 
 def test_run_scores_and_serves_identical_rerun_from_cache(
