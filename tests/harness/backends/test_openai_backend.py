@@ -108,7 +108,7 @@ def test_a_wrong_model_name_and_an_unreachable_url_fail_before_any_work(
     gemma_server: LlamaServer, task_dir: Callable[..., Path]
 ) -> None:
     specs = get_tasks(["qa"], [task_dir("qa", QA_ROWS, **QA_FIELDS)])
-    with pytest.raises(HarnessError, match=f"does not serve 'no-such-model'.*it serves: {SERVED}"):
+    with pytest.raises(HarnessError, match=rf"does not serve 'no-such-model'.*it serves: {SERVED}"):
         check_tasks(backend_at(gemma_server.base_url, model="no-such-model"), specs)
     with pytest.raises(HarnessError, match="cannot reach"):
         check_tasks(backend_at(f"http://127.0.0.1:{free_port()}/v1", max_retries=0), specs)
@@ -179,7 +179,7 @@ def test_a_refused_key_and_a_server_without_logprobs_are_clear_errors(
     with pytest.raises(HarnessError, match=r"refused the API key \(401\)"):
         check_tasks(backend_at(refusing, model="fake", max_retries=0), text)
     url, _ = fake_endpoint()
-    with pytest.raises(HarnessError, match="returns no prompt log-probabilities.*--logits_all true"):
+    with pytest.raises(HarnessError, match=r"returns no prompt log-probabilities.*--logits_all true"):
         check_tasks(backend_at(url, model="fake", max_retries=0), text)
 
 
