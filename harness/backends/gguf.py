@@ -6,8 +6,9 @@ context costs its forward pass but not the 262k-wide LM head at each of its toke
 previous request (a question's choices) stays in the KV cache and is not run again. Log-softmax, target
 log-probabilities and greedy flags are computed from those logits in torch. Tokenisation follows
 lm-evaluation-harness as the transformers backend does (hf_loglikelihood.encode_pairs): one BOS, the context's
-trailing whitespace moved onto the continuation. Generation is llama.cpp's own decoding loop, greedy at
-temperature 0. Adapters are not served here: merge them first (`harness merge`) and convert.
+trailing whitespace moved onto the continuation. Greedy generation decodes the whole batch together
+(gguf_decode); sampled generation is llama.cpp's own loop, one prompt at a time. Adapters are not served
+here: merge them first (`harness merge`) and convert.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from harness.backends.embedded import EMBEDDED_GGUF, GEMMA_CHAT_TEMPLATE, embedded_gguf_path
+from harness.backends.gguf_decode import greedy_batch
 from harness.backends.hf_loglikelihood import encode_pairs
 from harness.backends.hf_requests import cut_at_stop, rolling_windows
 from harness.backends.protocol import (
@@ -142,7 +144,8 @@ class GGUFBackend:
 
     def unsupported(self, spec: TaskSpec) -> str | None:
         if spec.kind == "perplexity" and spec.perplexity.max_length > self.n_ctx:
-            return f"has a context of {self.n_ctx} tokens, below the task's max_length {spec.perplexity.max_length} (--n-ctx)"
+            needed = spec.perplexity.max_length
+            return f"has a context of {self.n_ctx} tokens, below the task's max_length {needed} (--n-ctx)"
         if spec.chat_template and spec.kind != "perplexity" and not self._chat_template():
             return "has no chat template in its GGUF metadata (the task sets chat_template)"
         return None
@@ -167,22 +170,34 @@ class GGUFBackend:
         return bos + tokenizer.encode(text.removeprefix(tokenizer.bos_token or "\0"))
 
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[Generation]:
-        outputs: list[Generation] = []
-        for prompt in prompts:
+        """Greedy: the whole batch decoded together (gguf_decode); sampling: llama.cpp's own loop, one at a time."""
+        outputs: dict[int, Generation] = {}
+        tokenised: dict[int, list[int]] = {}
+        for index, prompt in enumerate(prompts):
             tokens = self._prompt_tokens(self.model_input(prompt))
             if len(tokens) + config.max_new_tokens > self.n_ctx:
-                outputs.append(RequestError(f"{len(tokens)} prompt tokens + max_new_tokens exceed n_ctx {self.n_ctx}"))
-                continue
-            sampling = (
-                {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k, "seed": config.seed}
-                if config.temperature > 0
-                else {"temperature": 0.0}
-            )
+                outputs[index] = RequestError(f"{len(tokens)} prompt tokens + max_new_tokens exceed n_ctx {self.n_ctx}")
+            else:
+                tokenised[index] = tokens
+        if config.temperature == 0 and tokenised:
+            texts = greedy_batch(self.llm, list(tokenised.values()), config.max_new_tokens, config.stop)
+            outputs |= dict(zip(tokenised, texts, strict=True))
+        for index, tokens in tokenised.items() if config.temperature > 0 else ():
             completion = self.llm.create_completion(
-                tokens, max_tokens=config.max_new_tokens, stop=config.stop or None, min_p=0.0, **sampling
+                tokens,
+                max_tokens=config.max_new_tokens,
+                stop=config.stop or None,
+                min_p=0.0,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                top_k=config.top_k,
+                seed=config.seed,
             )
-            outputs.append(cut_at_stop(completion["choices"][0]["text"], config.stop).strip())
-        return outputs
+            outputs[index] = completion["choices"][0]["text"]
+        return [
+            output if isinstance(output := outputs[i], RequestError) else cut_at_stop(output, config.stop).strip()
+            for i in range(len(prompts))
+        ]
 
     def _scored(self, tokens: list[int], score_from: int) -> tuple[list[float], list[bool]]:
         """Log-probabilities of tokens[score_from:] (each given all before it) and whether each is the greedy
