@@ -20,6 +20,7 @@ import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from harness.backends.embedded import EMBEDDED_MODEL, embedded_checkpoint_dir
+from harness.backends.hub_model import is_hub_id, resolve_hub_model
 from harness.core.errors import HarnessError
 from harness.core.fingerprint import hash_files, hash_json
 from harness.kernels.attention import caps_attention
@@ -258,18 +259,35 @@ def _matching(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
 
 
 def resolve_checkpoint(name: str) -> Path:
-    """The local folder for a model name: the embedded model's cached conversion, or an HF checkpoint dir."""
+    """The local folder for a model name: the embedded model's cached conversion, an HF checkpoint dir, or a hub
+    ID's snapshot (harness.backends.hub_model)."""
+    return _locate_checkpoint(name)[0]
+
+
+def _locate_checkpoint(name: str) -> tuple[Path, str | None]:
+    """The checkpoint folder, and for a hub ID the snapshot's commit."""
     if name == EMBEDDED_MODEL:
-        return embedded_checkpoint_dir()
+        return embedded_checkpoint_dir(), None
     path = Path(name)
-    if not (path / "config.json").is_file():
-        raise HarnessError(
-            "not a model: expected the embedded model's name or a local HF checkpoint folder with config.json",
-            path=name,
-            field="--model",
-            hint=f"use '{EMBEDDED_MODEL}' or a folder saved with save_pretrained (no hub downloads here)",
-        )
-    return path
+    if (path / "config.json").is_file():
+        return path, None
+    if is_hub_id(name):
+        snapshot = resolve_hub_model(name)
+        return snapshot.path, snapshot.commit
+    raise HarnessError(
+        "not a model: expected the embedded model's name, a local HF checkpoint folder with config.json, or a hub ID",
+        path=name,
+        field="--model",
+        hint=f"use '{EMBEDDED_MODEL}', a folder saved with save_pretrained, org/name[@revision], gguf:PATH or "
+        "openai:MODEL",
+    )
+
+
+def resolve_adapter_dir(name: Path | str) -> Path:
+    """An adapter folder, or a hub ID's snapshot of one (a local folder wins)."""
+    if not Path(name).exists() and is_hub_id(str(name)):
+        return resolve_hub_model(str(name), kind="adapter", field="--adapter").path
+    return Path(name)
 
 
 def _quantization_config(options: ModelOptions) -> Any:
@@ -324,6 +342,11 @@ def _check_cudnn_attention() -> None:
 def load_model(options: ModelOptions) -> LoadedModel:
     """The model named by `options`: fingerprinted now, weights loaded on first use. Add adapters with
     `load_adapter`."""
-    checkpoint = resolve_checkpoint(options.name)
+    checkpoint, commit = _locate_checkpoint(options.name)
     weight_files = _matching(checkpoint, _WEIGHT_PATTERNS) + _matching(checkpoint, _TOKENIZER_FILES)
-    return LoadedModel(options=options, checkpoint=checkpoint, base_fingerprint=hash_files(weight_files, checkpoint))
+    return LoadedModel(
+        options=options,
+        checkpoint=checkpoint,
+        base_fingerprint=hash_files(weight_files, checkpoint),
+        hub_revision=commit,
+    )

@@ -55,7 +55,9 @@ def run(
             "gguf:PATH or gemma-3-270m-gguf (llama.cpp in process), or openai:MODEL (an endpoint at --base-url)"
         ),
     ] = "gemma-3-270m",
-    adapter: Annotated[list[Path] | None, typer.Option(help="PEFT adapter folder; repeat for several")] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="PEFT adapter folder or hub ID org/name[@revision]; repeat for several")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples per task")] = None,
     out: Annotated[Path, typer.Option(file_okay=False, help="Folder for runs/<run-id>/results.json")] = Path("runs"),
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
@@ -99,7 +101,7 @@ def run(
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
     from harness.backends import distributed
-    from harness.backends.hf import check_adapter
+    from harness.backends.hf import check_adapter, resolve_adapter_dir
     from harness.backends.hf_backend import HFBackend
     from harness.backends.protocol import check_tasks
     from harness.backends.select import ServedOptions, open_backend
@@ -124,13 +126,14 @@ def run(
         judge = _rubric_judge(endpoint, result_cache, rubrics_dir or [], seed)
         judge.check(specs)
     run_options = RunOptions(limit=limit, batch_size=batch_size, seed=seed, judge=judge)
-    for adapter_dir in adapter or []:
+    adapter_dirs = [resolve_adapter_dir(name) for name in adapter or []]
+    for adapter_dir in adapter_dirs:
         check_adapter(adapter_dir)
     backend = open_backend(options, served, adapters=bool(adapter))
     check_tasks(backend, specs)  # before any model work: a task the backend cannot serve is one clear error
     adapter_names: list[str | None] = [None]
     if isinstance(backend, HFBackend):
-        adapter_names = [backend.loaded.load_adapter(path) for path in adapter or []] or [None]
+        adapter_names = [backend.loaded.load_adapter(path) for path in adapter_dirs] or [None]
     for adapter_name in adapter_names:
         with backend.loaded.activate(adapter_name) if isinstance(backend, HFBackend) else contextlib.nullcontext():
             run_result = evaluate(backend, prepared, result_cache, run_options, err_console, groups)
