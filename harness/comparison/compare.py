@@ -60,6 +60,8 @@ class Flip(BaseModel):
 class TaskComparison(BaseModel):
     task: str
     n_shared: int
+    baseline_failed: int = 0  # samples the model gave no output for (a request error), left out of the pairs
+    candidate_failed: int = 0
     metrics: list[MetricComparison]
     flip_score: str | None = None
     improved: list[Flip] = []  # the most improved samples by `flip_score`
@@ -340,6 +342,8 @@ def _compare_samples(
     return TaskComparison(
         task=task,
         n_shared=len(shared_a),
+        baseline_failed=sum(s.error is not None for s in samples_a),
+        candidate_failed=sum(s.error is not None for s in samples_b),
         metrics=metrics,
         flip_score=flip_score,
         improved=improved,

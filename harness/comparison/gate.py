@@ -9,8 +9,9 @@ rules:
 
 A rule needs at least one threshold. A metric with no valid values fails its rule (a judge that answered nothing
 is no pass), and so does a judge metric whose candidate error rate exceeds `max_judge_error_rate`, by default
-DEFAULT_MAX_JUDGE_ERROR_RATE. A rule naming a task or metric the comparison does not hold is a configuration
-error (HarnessError, listing the names there are), not a regression.
+DEFAULT_MAX_JUDGE_ERROR_RATE. A candidate sample the model gave no output for (an endpoint's request error) fails
+every rule of its task unless `max_failed_rate` allows that share. A rule naming a task or metric the comparison
+does not hold is a configuration error (HarnessError, listing the names there are), not a regression.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.comparison.compare import MetricComparison, RunComparison
+from harness.comparison.compare import MetricComparison, RunComparison, TaskComparison
 from harness.core.errors import HarnessError
 from harness.core.yamlfile import FieldError, load_model_file
 
@@ -39,6 +40,7 @@ class GateRule(BaseModel):
     max: float | None = None
     require_significant: bool = False  # a drop past the limit fails only when p < alpha
     max_judge_error_rate: float | None = Field(None, ge=0, le=1)
+    max_failed_rate: float = Field(0.0, ge=0, le=1)  # the candidate's samples the model gave no output for
 
     @model_validator(mode="after")
     def _has_a_threshold(self) -> GateRule:
@@ -131,6 +133,18 @@ def _judge_error_checks(rule: GateRule, metric: MetricComparison, n_samples: int
     return [(rate <= limit, f"judge error rate {rate:.2f} {'<=' if rate <= limit else '>'} {limit:g}")]
 
 
+def _failed_checks(rule: GateRule, task: TaskComparison) -> list[Check]:
+    """The candidate's samples without an output (an endpoint's request errors): none allowed unless the rule
+    says how many may fail; the metrics cover only the samples both runs answered."""
+    total = task.n_shared + task.candidate_failed
+    if not task.candidate_failed:
+        return []
+    rate = task.candidate_failed / total if total else 1.0
+    passed = rate <= rule.max_failed_rate
+    text = f"{task.candidate_failed} sample(s) without output, rate {rate:.2f} {'<=' if passed else '>'} "
+    return [(passed, text + f"max_failed_rate {rule.max_failed_rate:g}")]
+
+
 def check_rule(rule: GateRule, comparison: RunComparison, alpha: float) -> RuleOutcome:
     """One rule against the comparison's metric (which `run_gate` has checked exists): every check it makes, with
     its threshold, the value compared and the margin, passed or not."""
@@ -144,6 +158,7 @@ def check_rule(rule: GateRule, comparison: RunComparison, alpha: float) -> RuleO
         *_drop_checks(rule, metric, alpha),
         *_bound_checks(rule, metric),
         *_judge_error_checks(rule, metric, task.n_shared),
+        *_failed_checks(rule, task),
     ]
     failed = [text for passed, text in checks if not passed]
     message = "; ".join(failed + [text for passed, text in checks if passed])  # failures first

@@ -98,3 +98,15 @@ def test_a_max_bound_reads_the_same_way(candidate: float, text: str) -> None:
     rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", max=3.0)])
     (outcome,) = run_gate(rules, _comparison(4.0, candidate))
     assert outcome.message == text and outcome.passed is (candidate <= 3.0)
+
+
+@pytest.mark.parametrize(("failed", "allowed", "passed"), [(0, 0.0, True), (1, 0.0, False), (1, 0.1, True)])
+def test_samples_without_output_fail_the_rule_unless_allowed(failed: int, allowed: float, passed: bool) -> None:
+    """An endpoint that failed on some of the candidate's samples: the metric covers only the answered ones, so a
+    rule fails on any failure unless `max_failed_rate` allows that share (1 of 13 here)."""
+    comparison = _comparison(4.0, 4.0, candidate_errors=0)
+    comparison.tasks["t"].candidate_failed = failed
+    rules = GateRules(rules=[GateRule(task="t", metric="general.relevance", min=1.0, max_failed_rate=allowed)])
+    (outcome,) = run_gate(rules, comparison)
+    assert outcome.passed is passed
+    assert ("without output" in outcome.message) is bool(failed)
