@@ -45,8 +45,12 @@ T = TypeVar("T")
 
 
 class _PromptLogprobs:
-    """The echoed prompt's tokens of a completions reply: character offsets and log-probabilities (None for a
-    token the server gives none), and whether each token is its position's top-1."""
+    """The echoed prompt's tokens of a completions reply: character offsets into the prompt and log-probabilities
+    (None for a token the server gives none), and whether each token is its position's top-1.
+
+    Servers differ in what they echo: llama-cpp-python leaves the BOS token out, vLLM keeps it with its text
+    ("<bos>") counted in the offsets. Where the tokens' texts spell the prompt after such a prefix, offsets are
+    moved back by its length, and the prefix's own tokens are dropped."""
 
     def __init__(self, choice: Any, prompt: str) -> None:
         logprobs = getattr(choice, "logprobs", None)
@@ -54,8 +58,13 @@ class _PromptLogprobs:
         values = getattr(logprobs, "token_logprobs", None)
         if not offsets or values is None:
             raise ReplyError("the reply has no prompt log-probabilities (echo with logprobs)")
+        texts = list(getattr(logprobs, "tokens", None) or [])
         top = getattr(logprobs, "top_logprobs", None) or [None] * len(values)
-        kept = [(o, v, t) for o, v, t in zip(offsets, values, top, strict=False) if o < len(prompt)]
+        spelled = "".join(texts[:-1])  # the prompt's tokens: all but the one generated token
+        shift = len(spelled) - len(prompt) if len(spelled) > len(prompt) and spelled.endswith(prompt) else 0
+        kept = [
+            (o - shift, v, t) for o, v, t in zip(offsets, values, top, strict=False) if 0 <= o - shift < len(prompt)
+        ]
         self.offsets = [o for o, _, _ in kept]
         self.values = [v for _, v, _ in kept]
         self.greedy = [v is not None and (not t or v >= max(t.values()) - 1e-6) for _, v, t in kept]

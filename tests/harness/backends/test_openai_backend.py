@@ -200,3 +200,23 @@ def test_a_failing_request_is_a_per_sample_error_asked_again_next_run(
     assert again.n_cached == 2 and again.n_errors == 1
     assert state.posts == {"ok": 2, "CASE-500": 2}  # answered ones from the cache, the failed one asked again
     assert isinstance(backend.generate([Prompt("CASE-500")], GenerationConfig())[0], RequestError)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "offsets", "values"),
+    [
+        (["Hello", " world", "!"], [0, 5, 11], [None, -2.0, -0.5]),  # llama-cpp-python: no BOS echoed
+        (["<bos>", "Hello", " world", "!"], [0, 5, 10, 16], [None, -1.0, -2.0, -0.5]),  # vLLM: BOS text counted
+    ],
+)
+def test_echoed_offsets_split_the_prompt_at_the_context_whatever_the_server(
+    tokens: list[str], offsets: list[int], values: list[float | None]
+) -> None:
+    from types import SimpleNamespace
+
+    from harness.backends.openai_backend import _PromptLogprobs
+
+    top = [None if v is None else {t: v} for t, v in zip(tokens, values, strict=True)]
+    logprobs = SimpleNamespace(tokens=tokens, text_offset=offsets, token_logprobs=values, top_logprobs=top)
+    echoed = _PromptLogprobs(SimpleNamespace(logprobs=logprobs), "Hello world")
+    assert echoed.from_offset(len("Hello")) == ([-2.0], [True])  # " world" only: not the generated "!"
