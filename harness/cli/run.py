@@ -94,6 +94,13 @@ def run(
         int | None, typer.Option(min=0, help="Worked examples drawn per sample (overrides the tasks' num_fewshot)")
     ] = None,
     system_prompt: Annotated[str | None, typer.Option(help="A system prompt for every task")] = None,
+    apply_chat_template: Annotated[
+        bool | None,
+        typer.Option(
+            "--apply-chat-template/--no-apply-chat-template",
+            help="Render prompts through the model's chat template (default: each task's chat_template)",
+        ),
+    ] = None,
     gen_kwargs: Annotated[
         str | None, typer.Option(help="Generation settings, e.g. temperature=0.7,top_p=0.9,max_new_tokens=64,stop=###")
     ] = None,
@@ -117,7 +124,7 @@ def run(
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     specs, groups = resolve_tasks(names, tasks_dir or [])
     overrides = parse_gen_kwargs(gen_kwargs)
-    specs = [spec.with_overrides(num_fewshot, system_prompt, overrides) for spec in specs]
+    specs = [spec.with_overrides(num_fewshot, system_prompt, overrides, apply_chat_template) for spec in specs]
     prepared = prepare_tasks(specs, limit)
     result_cache = ResultCache(cache_path or ResultCache.default_path()) if cache else ResultCache(None)
     judge = None

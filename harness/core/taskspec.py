@@ -222,11 +222,18 @@ class TaskSpec(BaseModel):
         return self
 
     def with_overrides(
-        self, num_fewshot: int | None = None, system_prompt: str | None = None, gen_kwargs: dict[str, Any] | None = None
+        self,
+        num_fewshot: int | None = None,
+        system_prompt: str | None = None,
+        gen_kwargs: dict[str, Any] | None = None,
+        chat_template: bool | None = None,
     ) -> TaskSpec:
-        """The task with run-time prompt controls (--num-fewshot, --system-prompt, --gen-kwargs) applied; a task
-        with fixed worked examples keeps them."""
+        """The task with run-time prompt controls (--num-fewshot, --system-prompt, --gen-kwargs,
+        --apply-chat-template) applied; a task with fixed worked examples keeps them, and a perplexity task scores
+        its text as written."""
         update: dict[str, Any] = {}
+        if chat_template is not None and self.kind != "perplexity":
+            update["chat_template"] = chat_template
         if num_fewshot is not None and not self.fewshot:
             update["num_fewshot"] = num_fewshot
         if system_prompt is not None:
