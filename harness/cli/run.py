@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -107,47 +106,52 @@ def run(
     opik: Annotated[bool, typer.Option(help="Also export each run to Opik (needs the opik extra and config)")] = False,
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
+    from harness.api import Prompting, evaluate_each
     from harness.backends import distributed
-    from harness.backends.hf import check_adapter, resolve_adapter_dir
-    from harness.backends.hf_backend import HFBackend
-    from harness.backends.protocol import check_tasks
-    from harness.backends.select import ServedOptions, open_backend
+    from harness.backends.select import ServedOptions
     from harness.core.cache import ResultCache
     from harness.evaluation.catalog import resolve_tasks
-    from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
 
     distributed.init_from_env()  # under torchrun / accelerate launch: samples are sharded across processes
-    options = model_options(
-        model=model, dtype=dtype, device=device, quant=quant, attention=attention, compile=compile_model
-    )
-    served = ServedOptions(base_url, api_key_env, concurrency, request_timeout, n_ctx)
+    flags: dict[str, Any] = {
+        "dtype": dtype,
+        "device": device,
+        "quant": quant,
+        "attention": attention,
+        "compile": compile_model,
+    }
+    model_options(model=model, **flags)  # a bad flag is a user error naming it, before anything loads
     names = [name.strip() for name in tasks.split(",") if name.strip()]
-    specs, groups = resolve_tasks(names, tasks_dir or [])
-    overrides = parse_gen_kwargs(gen_kwargs)
-    specs = [spec.with_overrides(num_fewshot, system_prompt, overrides, apply_chat_template) for spec in specs]
-    prepared = prepare_tasks(specs, limit)
-    result_cache = ResultCache(cache_path or ResultCache.default_path()) if cache else ResultCache(None)
+    cache_file = (cache_path or ResultCache.default_path()) if cache else None
+    judge_cache = ResultCache(cache_file)  # judgments are cached beside the model outputs
     judge = None
+    specs, _ = resolve_tasks(names, tasks_dir or [])
     if any(spec.judges for spec in specs) and not skip_judges:
         endpoint = endpoint_from_flags(judge_model, judge_base_url, judge_api_key_env, judge_concurrency, judge_timeout)
-        judge = _rubric_judge(endpoint, result_cache, rubrics_dir or [], seed)
+        judge = _rubric_judge(endpoint, judge_cache, rubrics_dir or [], seed)
         judge.check(specs)
-    run_options = RunOptions(limit=limit, batch_size=batch_size, seed=seed, judge=judge)
-    adapter_dirs = [resolve_adapter_dir(name) for name in adapter or []]
-    for adapter_dir in adapter_dirs:
-        check_adapter(adapter_dir)
-    backend = open_backend(options, served, adapters=bool(adapter))
-    check_tasks(backend, specs)  # before any model work: a task the backend cannot serve is one clear error
-    adapter_names: list[str | None] = [None]
-    if isinstance(backend, HFBackend):
-        adapter_names = [backend.loaded.load_adapter(path) for path in adapter_dirs] or [None]
-    for adapter_name in adapter_names:
-        with backend.loaded.activate(adapter_name) if isinstance(backend, HFBackend) else contextlib.nullcontext():
-            run_result = evaluate(backend, prepared, result_cache, run_options, err_console, groups)
-            label = backend.label
+    runs = evaluate_each(
+        model,
+        names,
+        adapter or [],
+        tasks_dir=tasks_dir or [],
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        prompting=Prompting(num_fewshot, system_prompt, parse_gen_kwargs(gen_kwargs), apply_chat_template),
+        cache=cache_file or False,
+        judge=judge,
+        model_options=flags,
+        served=ServedOptions(base_url, api_key_env, concurrency, request_timeout, n_ctx),
+        console=err_console,
+    )
+    for run_result in runs:
         if not distributed.is_main():
             continue
         results_path = run_result.write(out / run_result.run_id / "results.json")
+        label = run_result.spec.model.name + (
+            f" + {Path(run_result.spec.model.adapter_path).name}" if run_result.spec.model.adapter_path else ""
+        )
         console.print(results_table(run_result, f"{label}  ({run_result.wall_seconds:.1f} s)"))
         errors = sum(task.n_errors for task in run_result.tasks.values())
         if errors:
@@ -157,7 +161,7 @@ def run(
             from harness.cli.reports import export_opik_run
 
             export_opik_run(run_result, None)
-    result_cache.close()
+    judge_cache.close()
 
 
 def _rubric_judge(endpoint: Any, result_cache: Any, rubrics_dir: list[Path], seed: int) -> Any:

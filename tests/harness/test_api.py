@@ -1,0 +1,59 @@
+"""The Python API on the real embedded Gemma: evaluate base and an adapter (the base loaded once), compare, gate."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+import harness
+from harness import api
+from harness.backends.hf import LoadedModel, ModelOptions
+from harness.backends.hf_backend import HFBackend
+from harness.core.errors import HarnessError
+from tests.harness.backends.test_models import make_adapter
+from tests.harness.evaluation.test_runner import QA_FIELDS, QA_ROWS, TEXT_ROWS
+
+
+@pytest.fixture
+def api_model(gemma: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> LoadedModel:
+    """The session's Gemma (a copy its adapters can attach to) as the model the API keeps loaded."""
+    loaded = dataclasses.replace(gemma, _model=copy.deepcopy(gemma.model), adapters={}, _attached=[])
+    monkeypatch.setattr(api, "_LOADED", {ModelOptions(): HFBackend(loaded)})
+    return loaded
+
+
+def test_evaluate_compare_and_gate_as_functions(
+    api_model: LoadedModel, gemma: LoadedModel, task_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    task_dir("qa", QA_ROWS, **QA_FIELDS)
+    folder = task_dir("text", TEXT_ROWS, kind="perplexity", metrics=["perplexity"])
+    options = {"tasks_dir": [folder], "cache": tmp_path / "cache.sqlite"}
+    base = harness.evaluate(tasks=["qa", "text"], **options)
+    adapter = make_adapter(gemma, tmp_path / "adapter", seed=3)
+    tuned = harness.evaluate(tasks=["qa", "text"], adapter=adapter, **options)
+    again = harness.evaluate(tasks=["qa", "text"], adapter=adapter, **options)
+    assert len(api._LOADED) == 1 and list(api_model.adapters) == ["adapter0"]  # base loaded once, adapter once
+    assert tuned.spec.model.adapter_path == str(adapter.resolve())
+    assert again.tasks["text"].n_cached == 2
+    assert tuned.tasks["text"].metrics["perplexity"].value != base.tasks["text"].metrics["perplexity"].value
+
+    comparison = harness.compare(base, tuned)
+    assert {m.metric for m in comparison.tasks["text"].metrics} >= {"perplexity"}
+    rules = tmp_path / "gate.yaml"
+    rules.write_text(yaml.safe_dump({"rules": [{"task": "text", "metric": "perplexity", "max_drop_relative": 10.0}]}))
+    (outcome,) = harness.gate(comparison, rules)
+    assert not outcome.passed and "max_drop_relative 10" in outcome.message  # a random adapter wrecks perplexity
+    with pytest.raises(HarnessError, match="not in both runs"):
+        harness.gate(comparison, api.GateRules(rules=[{"task": "nope", "metric": "perplexity", "min": 0}]))
+
+
+def test_bad_input_raises_before_any_model_work(api_model: LoadedModel, tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match="unknown task"):
+        harness.evaluate(tasks=["no_such_task"])
+    with pytest.raises(HarnessError, match="--adapter needs a transformers model"):
+        harness.evaluate(model="gemma-3-270m-gguf", tasks=["general_english"], adapter=tmp_path)
