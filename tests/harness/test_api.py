@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,3 +59,34 @@ def test_bad_input_raises_before_any_model_work(api_model: LoadedModel, tmp_path
         harness.evaluate(tasks=["no_such_task"])
     with pytest.raises(HarnessError, match="--adapter needs a transformers model"):
         harness.evaluate(model="gemma-3-270m-gguf", tasks=["general_english"], adapter=tmp_path)
+
+
+def test_the_pytest_plugin_gates_inside_a_users_own_suite(
+    api_model: LoadedModel, gemma: LoadedModel, task_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A user's test file using the `harness_gate` fixture (the plugin is registered by the installed package),
+    run by pytest in its own process: a passing gate passes, a regression fails with the rules' table."""
+    folder = task_dir("text", TEXT_ROWS, kind="perplexity", metrics=["perplexity"])
+    base = harness.evaluate(tasks=["text"], tasks_dir=[folder], cache=False)
+    tuned = harness.evaluate(
+        tasks=["text"], tasks_dir=[folder], cache=False, adapter=make_adapter(gemma, tmp_path / "a", 4)
+    )
+    user = tmp_path / "user"
+    user.mkdir()
+    base.write(user / "base.json")
+    tuned.write(user / "tuned.json")
+    rule = {"task": "text", "metric": "perplexity", "max_drop_relative": 0.1}
+    (user / "gate.yaml").write_text(yaml.safe_dump({"rules": [rule]}))
+    (user / "test_user.py").write_text(
+        "def test_unchanged(harness_gate):\n"
+        "    harness_gate('base.json', 'base.json', 'gate.yaml')\n\n"
+        "def test_tuned(harness_gate):\n"
+        "    harness_gate('tuned.json', 'base.json', 'gate.yaml')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
+        cwd=user, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 failed, 1 passed" in result.stdout
+    assert "1 of 1 gate rule(s) failed" in result.stdout and "FAIL  text  perplexity" in result.stdout
