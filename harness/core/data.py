@@ -52,8 +52,14 @@ def _decode_lines(path: Path) -> list[str]:
 
 
 def _read_jsonl(path: Path) -> list[Row]:
+    """JSON Lines; a `.json` file holding one array of objects is read as those rows (row numbers for lines)."""
+    lines = _decode_lines(path)
+    if path.suffix.lower() == ".json":
+        array = _json_array(path, "\n".join(lines))
+        if array is not None:
+            return array
     rows = []
-    for number, line in enumerate(_decode_lines(path), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -64,6 +70,22 @@ def _read_jsonl(path: Path) -> list[Row]:
             raise HarnessError("each line must be a JSON object", path=path, line=number)
         rows.append(Row(number, values))
     return rows
+
+
+def _json_array(path: Path, text: str) -> list[Row] | None:
+    """The rows of a JSON array of objects, or None when the text is not one JSON value (then it is JSON Lines)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(value, dict) and len(text.strip().splitlines()) <= 1:
+        return [Row(1, value)]  # a one-line file holding one object: JSON Lines of one row
+    if not isinstance(value, list):
+        raise HarnessError("a .json data file must hold an array of objects (or be JSON Lines)", path=path)
+    for index, item in enumerate(value, start=1):
+        if not isinstance(item, dict):
+            raise HarnessError(f"item {index} of the array is not a JSON object", path=path, field=f"[{index - 1}]")
+    return [Row(index, item) for index, item in enumerate(value, start=1)]
 
 
 def _read_with_datasets(path: Path, data_format: str) -> list[Row]:

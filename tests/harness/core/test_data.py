@@ -92,3 +92,22 @@ def test_a_fewshot_answer_given_as_a_list_shows_its_first_reference(data_files: 
     spec = spec_for(data_files["jsonl"], fewshot=fewshot)
     first = build_samples(spec, read_rows(data_files["jsonl"]))[0]
     assert first.prompt.startswith("Q: Capital of Portugal?\nA: Lisbon\n\nQ: Q1?")
+
+
+def test_a_json_file_holding_an_array_is_read_as_rows(tmp_path: Path) -> None:
+    array = tmp_path / "rows.json"
+    array.write_text('[\n  {"text": "one"},\n  {"text": "two"}\n]\n', encoding="utf-8")
+    assert [row.values["text"] for row in read_rows(array)] == ["one", "two"]
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"text": "one"}\n{"text": "two"}\n', encoding="utf-8")
+    assert [row.line for row in read_rows(lines)] == [1, 2]  # JSON Lines under a .json name still reads as such
+
+
+def test_a_json_array_of_non_objects_names_the_item(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('[{"text": "one"}, "two"]', encoding="utf-8")
+    with pytest.raises(HarnessError, match=r"item 2 of the array is not a JSON object"):
+        read_rows(path)
+    path.write_text('{\n  "rows": []\n}\n', encoding="utf-8")
+    with pytest.raises(HarnessError, match="must hold an array of objects"):
+        read_rows(path)
