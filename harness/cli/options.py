@@ -40,6 +40,9 @@ JudgeUrlOption = Annotated[str | None, typer.Option(help="OpenAI-compatible base
 JudgeKeyOption = Annotated[str, typer.Option(help="Environment variable holding the judge API key")]
 JudgeConcurrencyOption = Annotated[int, typer.Option(min=1, help="Judge requests in flight at once")]
 JudgeTimeoutOption = Annotated[float, typer.Option(min=0.1, help="Seconds per judge request")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the headline numbers as one JSON document instead of tables")
+]
 RubricsDirOption = Annotated[list[Path] | None, typer.Option("--rubrics-dir", help="Extra folder of rubric YAML files")]
 
 

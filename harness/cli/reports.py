@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from harness.cli.options import EXIT_GATE_FAILED, console, read_json, read_run, user_errors
+from harness.cli.options import EXIT_GATE_FAILED, JsonOption, console, read_json, read_run, user_errors
 from harness.cli.tables import gate_table, headline_table, results_table
 from harness.core.errors import HarnessError
 from harness.core.record import RunResult
@@ -25,12 +25,18 @@ def compare_command(
         Path | None, typer.Option(help="Pairwise judge JSON (harness judge pairwise) to include")
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    as_json: JsonOption = False,
 ) -> None:
     """Paired comparison of runs per task and metric; writes Markdown, HTML and JSON reports."""
     from harness.comparison.compare import compare_runs
 
     comparison = compare_runs([read_run(path) for path in runs], seed, read_json(pairwise) if pairwise else None)
     _write_reports(comparison, out, [])
+    if as_json:
+        from harness.cli.summaries import comparison_summary, dumps
+
+        print(dumps(comparison_summary(comparison, out)))
+        return
     console.print(headline_table(comparison))
     console.print(f"reports: {out}/report.md  {out}/report.html  {out}/comparison.json")
 
@@ -43,6 +49,7 @@ def gate_command(
     junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here")] = None,
     out: Annotated[Path, typer.Option(file_okay=False, help="Folder for the reports")] = Path("report"),
     seed: Annotated[int, typer.Option()] = 0,
+    as_json: JsonOption = False,
 ) -> None:
     """Exit 0 if the candidate passes every rule against the baseline, 1 if one fails, 2 if the rules are bad (a
     rule naming a task or metric the runs lack); writes JUnit and Markdown."""
@@ -57,7 +64,12 @@ def gate_command(
     _write_reports(comparison, out, outcomes)
     if junit:
         write_atomic(junit, render_junit(outcomes))
-    console.print(gate_table(outcomes))
+    if as_json:
+        from harness.cli.summaries import dumps, gate_summary
+
+        print(dumps(gate_summary(outcomes)))
+    else:
+        console.print(gate_table(outcomes))
     if not all(outcome.passed for outcome in outcomes):
         raise typer.Exit(EXIT_GATE_FAILED)
 

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.cli.options import (
+    JsonOption,
     JudgeConcurrencyOption,
     JudgeKeyOption,
     JudgeModelOption,
@@ -104,11 +105,13 @@ def run(
         str | None, typer.Option(help="Generation settings, e.g. temperature=0.7,top_p=0.9,max_new_tokens=64,stop=###")
     ] = None,
     opik: Annotated[bool, typer.Option(help="Also export each run to Opik (needs the opik extra and config)")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
     from harness.api import Prompting, evaluate_each
     from harness.backends import distributed
     from harness.backends.select import ServedOptions
+    from harness.cli.summaries import dumps, run_summary
     from harness.core.cache import ResultCache
     from harness.evaluation.catalog import resolve_tasks
 
@@ -145,23 +148,28 @@ def run(
         served=ServedOptions(base_url, api_key_env, concurrency, request_timeout, n_ctx),
         console=err_console,
     )
+    summaries = []
     for run_result in runs:
         if not distributed.is_main():
             continue
         results_path = run_result.write(out / run_result.run_id / "results.json")
-        label = run_result.spec.model.name + (
-            f" + {Path(run_result.spec.model.adapter_path).name}" if run_result.spec.model.adapter_path else ""
-        )
-        console.print(results_table(run_result, f"{label}  ({run_result.wall_seconds:.1f} s)"))
         errors = sum(task.n_errors for task in run_result.tasks.values())
         if errors:
             err_console.print(f"[yellow]{errors} sample(s) got no output[/] (each record says why; not in the metrics)")
-        console.print(f"results: {results_path}")
+        if as_json:
+            summaries.append(run_summary(run_result, results_path))
+        else:
+            adapter_path = run_result.spec.model.adapter_path
+            label = run_result.spec.model.name + (f" + {Path(adapter_path).name}" if adapter_path else "")
+            console.print(results_table(run_result, f"{label}  ({run_result.wall_seconds:.1f} s)"))
+            console.print(f"results: {results_path}")
         if opik:
             from harness.cli.reports import export_opik_run
 
             export_opik_run(run_result, None)
     judge_cache.close()
+    if as_json and distributed.is_main():
+        print(dumps({"runs": summaries}))
 
 
 def _rubric_judge(endpoint: Any, result_cache: Any, rubrics_dir: list[Path], seed: int) -> Any:

@@ -295,3 +295,23 @@ def test_tables_in_a_log_keep_every_name_and_number_whole(real_runs: dict[str, P
     rows = [line for line in result.output.splitlines() if "plain_english" in line and "rougeLsum" in line]
     assert len(rows) == 1
     assert [format_p_value(p) for p in (0.5, 0.0123, 0.00049, None)] == ["0.500", "0.012", "4.9e-04", "–"]
+
+
+def test_json_output_of_run_compare_and_gate_is_one_parseable_document(
+    real_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """--json prints the headline numbers as JSON on stdout instead of tables, for scripts."""
+    rules = tmp_path / "gate.yaml"
+    rules.write_text(RULES)
+    runner = CliRunner()
+    baseline, regressed = str(real_runs["greedy"]), str(real_runs["regressed"])
+    compared = runner.invoke(app, ["compare", baseline, regressed, "--out", str(tmp_path / "c"), "--json"])
+    assert compared.exit_code == 0, compared.output
+    document = json.loads(compared.stdout)
+    (pair,) = document["comparisons"]
+    assert all("delta" in values for task in pair["tasks"].values() for values in task.values())
+    args = ["gate", "--baseline", baseline, "--candidate", regressed, "--rules", str(rules), "--json"]
+    gated = runner.invoke(app, [*args, "--out", str(tmp_path / "g")])
+    assert gated.exit_code == 1
+    verdict = json.loads(gated.stdout)
+    assert verdict["passed"] is False and any(not rule["passed"] for rule in verdict["rules"])

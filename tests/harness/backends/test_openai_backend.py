@@ -99,9 +99,11 @@ def test_the_cli_runs_a_served_model_in_one_line(gemma_server: LlamaServer, task
     folder = task_dir("qa", QA_ROWS, **QA_FIELDS)
     out = folder.parent / "runs"
     args = ["run", "--model", f"openai:{SERVED}", "--base-url", gemma_server.base_url, "--tasks", "qa"]
-    result = CliRunner().invoke(app, [*args, "--tasks-dir", str(folder), "--out", str(out), "--no-cache"])
+    result = CliRunner().invoke(app, [*args, "--tasks-dir", str(folder), "--out", str(out), "--no-cache", "--json"])
     assert result.exit_code == 0, result.output
-    record = json.loads(next(out.glob("*/results.json")).read_text())
+    (summary,) = json.loads(result.stdout)["runs"]  # --json: one document on stdout, no tables
+    assert summary["backend"] == "openai" and summary["tasks"]["qa"]["n_errors"] == 0
+    record = json.loads(Path(summary["results"]).read_text())
     assert record["spec"]["model"]["name"] == f"openai:{SERVED}"
     assert "OPENAI_API_KEY" not in json.dumps(record)
 
