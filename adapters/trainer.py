@@ -31,6 +31,7 @@ from adapters.tokenize import TokenizedExample
 from harness.backends import distributed
 from harness.backends.hf import LoadedModel, ModelOptions, load_model
 from harness.core.errors import HarnessError
+from harness.core.progress import progress as progress_for
 from harness.core.record import write_atomic
 from harness.kernels import cudnn_attention
 from harness.kernels.attention import caps_attention
@@ -252,7 +253,7 @@ def _evaluate_and_track(
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(
+    return progress_for(
         TextColumn("train"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.backends import distributed
 from harness.backends.protocol import Backend, ContinuationScore, Prompt, RequestError, check_tasks
 from harness.core.cache import ResultCache
+from harness.core.progress import progress as progress_for
 from harness.core.record import (
     ChoiceRecord,
     MetricValue,
@@ -372,7 +373,7 @@ def evaluate(
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     results = {}
-    with Progress(*columns, console=console or Console(stderr=True), disable=not distributed.is_main()) as progress:
+    with progress_for(*columns, console=console or Console(stderr=True), disable=not distributed.is_main()) as progress:
         for task in tasks:
             inputs, outputs, cached = _model_outputs(backend, task, cache, options, progress)
             results[task.spec.name] = _score_task(task, inputs, outputs, cached, options)
