@@ -313,6 +313,16 @@ def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
     attention = options.resolved_attention()
     if attention == "cudnn":
         _check_cudnn_attention()
+    if attention == "sdpa":
+        from transformers import AutoConfig
+
+        if caps_attention(AutoConfig.from_pretrained(checkpoint)):
+            raise HarnessError(
+                "attention: sdpa cannot apply this model's attention soft-cap (Gemma 2): its scores would not be "
+                "the model's",
+                field="--attention",
+                hint="use auto, eager or flex_attention",
+            )
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint,
         dtype=options.resolved_dtype(),

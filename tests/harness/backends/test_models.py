@@ -203,3 +203,21 @@ def test_a_damaged_adapter_is_refused_before_any_model_loads(
     (adapter / "adapter_config.json").write_text("{not json")
     with pytest.raises(HarnessError, match="its config does not parse"):
         check_adapter(adapter)
+
+
+def test_sdpa_on_a_soft_capped_model_is_refused(tmp_path: Path) -> None:
+    """Gemma 2 soft-caps its attention logits, which sdpa cannot: asked for explicitly, it is a user error rather
+    than a model that silently scores differently."""
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    from harness.backends.hf import ModelOptions, load_model
+    from harness.core.errors import HarnessError
+
+    config = Gemma2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, head_dim=8, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, attn_logit_softcapping=50.0,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma2")
+    loaded = load_model(ModelOptions(name=str(tmp_path / "gemma2"), attention="sdpa", device="cpu"))
+    with pytest.raises(HarnessError, match="cannot apply this model's attention soft-cap"):
+        _ = loaded.model
