@@ -93,6 +93,7 @@ class GGUFBackend:
         self.n_ctx = n_ctx
         self.threads = threads or len(os.sched_getaffinity(0))
         self._llm: Any = None
+        self._tokenizer: _Tokenizer | None = None
         self._file_hash = hash_file(self.path)
 
     @property
@@ -115,6 +116,12 @@ class GGUFBackend:
                 verbose=False,
             )
         return self._llm
+
+    @property
+    def tokenizer(self) -> _Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = _Tokenizer(self.llm)
+        return self._tokenizer
 
     @property
     def fingerprint(self) -> str:
@@ -155,7 +162,7 @@ class GGUFBackend:
             return prompt.text
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        tokenizer = _Tokenizer(self.llm)
+        tokenizer = self.tokenizer
         template = self._chat_template() or ""
         formatter = Jinja2ChatFormatter(template, tokenizer._text(tokenizer.eos_token_id), tokenizer.bos_token or "")
         return str(formatter(messages=prompt.messages()).prompt)  # type: ignore[arg-type]
@@ -165,7 +172,7 @@ class GGUFBackend:
 
     def _prompt_tokens(self, text: str) -> list[int]:
         """One BOS, then the text's tokens (a chat-rendered text's own BOS text is dropped for it)."""
-        tokenizer = _Tokenizer(self.llm)
+        tokenizer = self.tokenizer
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         return bos + tokenizer.encode(text.removeprefix(tokenizer.bos_token or "\0"))
 
@@ -245,7 +252,7 @@ class GGUFBackend:
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[Continuation]:
         results: list[Continuation] = []
         with torch.inference_mode():
-            for context, continuation in encode_pairs(_Tokenizer(self.llm), pairs):
+            for context, continuation in encode_pairs(self.tokenizer, pairs):
                 tokens = context + continuation
                 if len(tokens) > self.n_ctx:
                     results.append(RequestError(f"{len(tokens)} tokens exceed n_ctx {self.n_ctx}"))

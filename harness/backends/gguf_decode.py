@@ -29,9 +29,11 @@ def _context(llm: Any, sequences: int, tokens: int) -> Any:
 
 def _decode(context: Any, entries: list[tuple[int, int, int, bool]], n_batch: int) -> list[int]:
     """Decode (token, position, sequence, wants logits) entries in batches of n_batch; for each entry that wants
-    logits, the index of its logits row within the last call that held it (read right after that call)."""
+    logits, the greedy next token (its logits row read right after the call that held it)."""
+    import llama_cpp
     from llama_cpp._internals import LlamaBatch
 
+    vocab = llama_cpp.llama_n_vocab(llama_cpp.llama_model_get_vocab(context.model.model))
     rows: list[Any] = []
     for start in range(0, len(entries), n_batch):
         part = entries[start : start + n_batch]
@@ -44,15 +46,12 @@ def _decode(context: Any, entries: list[tuple[int, int, int, bool]], n_batch: in
             batch.batch.seq_id[i][0] = sequence
             batch.batch.logits[i] = logits
         context.decode(batch)
-        rows += [int(np.argmax(_row(context, i))) for i, entry in enumerate(part) if entry[3]]
+        rows += [int(np.argmax(_row(context, i, vocab))) for i, entry in enumerate(part) if entry[3]]
         batch.close()
     return rows
 
 
-def _row(context: Any, index: int) -> np.ndarray:
-    import llama_cpp
-
-    vocab = llama_cpp.llama_n_vocab(llama_cpp.llama_model_get_vocab(context.model.model))
+def _row(context: Any, index: int, vocab: int) -> np.ndarray:
     return np.ctypeslib.as_array(context.get_logits_ith(index), shape=(vocab,))
 
 

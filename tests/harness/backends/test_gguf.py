@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.backends.gguf import GGUFBackend, _Tokenizer
+from harness.backends.gguf import GGUFBackend
 from harness.backends.hf import LoadedModel
 from harness.backends.hf_backend import HFBackend
 from harness.backends.hf_loglikelihood import encode_pairs
@@ -53,7 +53,7 @@ def _full_logits_reference(backend: GGUFBackend, tokens: list[int], score_from: 
 
 
 def test_selective_logits_and_kept_prefix_equal_a_full_evaluation(gguf: GGUFBackend) -> None:
-    encoded = encode_pairs(_Tokenizer(gguf.llm), PAIRS)
+    encoded = encode_pairs(gguf.tokenizer, PAIRS)
     scores = gguf.loglikelihood(PAIRS, batch_size=8)  # the choices share their context: the prefix is kept
     for (context, continuation), score in zip(encoded, scores, strict=True):
         assert isinstance(score, ContinuationScore)
