@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from judges.local_server import LocalJudge, local_judge
+from tests.localhttp import send_json, serve, url_of
 
 
 @pytest.fixture(scope="session")
@@ -71,13 +72,7 @@ def _handler(server: FaultServer) -> type[http.server.BaseHTTPRequestHandler]:
         def _send(
             self, status: int, payload: bytes, headers: dict[str, str] | None = None, kind: str = "application/json"
         ) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
+            send_json(self, status, payload, headers, kind)
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
@@ -131,11 +126,9 @@ def fault_server() -> Iterator[Callable[..., tuple[str, FaultServer]]]:
 
     def start(plans: dict[str, list[str]], good_answer: str, hang_seconds: float = 3.0) -> tuple[str, FaultServer]:
         state = FaultServer(plans, good_answer, hang_seconds)
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-        httpd.daemon_threads = True
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        httpd = serve(_handler(state))
         started.append(httpd)
-        return f"http://127.0.0.1:{httpd.server_address[1]}/v1", state
+        return url_of(httpd, "/v1"), state
 
     yield start
     for httpd in started:

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.core.record import RunResult
+from tests.localhttp import send_json, serve, url_of
 
 
 class Recorder:
@@ -54,12 +55,7 @@ def _handler(recorder: Recorder) -> type[http.server.BaseHTTPRequestHandler]:
                 recorder.datasets.add(body["name"])
             elif path.endswith("/is-alive/ver"):
                 payload = {"version": "1.9.0"}
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, payload)
 
         def do_GET(self) -> None:
             self._answer("GET")
@@ -79,9 +75,8 @@ def _handler(recorder: Recorder) -> type[http.server.BaseHTTPRequestHandler]:
 @pytest.fixture
 def opik_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Recorder]:
     recorder = Recorder()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setenv("OPIK_URL_OVERRIDE", f"http://127.0.0.1:{httpd.server_address[1]}/api")
+    httpd = serve(_handler(recorder))
+    monkeypatch.setenv("OPIK_URL_OVERRIDE", url_of(httpd, "/api"))
     monkeypatch.setenv("OPIK_CONFIG_PATH", str(tmp_path / "absent.config"))
     monkeypatch.delenv("OPIK_SENTRY_ENABLE", raising=False)
     monkeypatch.delenv("OPIK_ANALYTICS_ENABLE", raising=False)

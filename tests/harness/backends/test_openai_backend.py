@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from harness.core.taskspec import GenerationConfig
 from harness.evaluation.catalog import get_tasks
 from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
 from tests.harness.evaluation.test_runner import QA_FIELDS, QA_ROWS, TEXT_ROWS
+from tests.localhttp import send_json, serve, url_of
 
 pytest.importorskip("llama_cpp.server")
 
@@ -146,29 +146,19 @@ def fake_endpoint() -> Iterator[Callable[..., tuple[str, FakeEndpoint]]]:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
             def do_GET(self) -> None:
                 if state.models_status != 200:
-                    self._send(state.models_status, {"error": {"message": "Incorrect API key provided"}})
+                    send_json(self, state.models_status, {"error": {"message": "Incorrect API key provided"}})
                 else:
-                    self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+                    send_json(self, 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                self._send(*state.reply(body))
+                send_json(self, *state.reply(body))
 
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        httpd = serve(Handler)
         servers.append(httpd)
-        return f"http://127.0.0.1:{httpd.server_address[1]}/v1", state
+        return url_of(httpd, "/v1"), state
 
     yield start
     for httpd in servers:
