@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from harness.core.record import write_atomic
 from harness.kernels import cudnn_attention
 from harness.kernels.attention import caps_attention
 from harness.kernels.headloss import output_head
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -325,7 +328,7 @@ def train(
             tps = state.tokens_seen / max(state.train_seconds, 1e-9)
             progress.update(bar, advance=1, loss=record["loss"], lr=record["lr"], tps=tps)
             if stop:
-                console.print(f"early stopping at step {state.step}: no eval improvement in {config.patience} evals")
+                log.info("early stopping at step %d: no eval improvement in %d evals", state.step, config.patience)
                 break
     if distributed.is_main():
         finish(out, model, loaded, data, config, state)

@@ -117,13 +117,17 @@ class JudgeClient:
         return judgment
 
     def judge_all(
-        self, requests: Sequence[tuple[list[dict[str, str]], dict[str, Any]]], parse: Callable[[str], T]
+        self,
+        requests: Sequence[tuple[list[dict[str, str]], dict[str, Any]]],
+        parse: Callable[[str], T],
+        on_judged: Callable[[], None] | None = None,
     ) -> list[Judgment[T]]:
-        """Judge (messages, schema) pairs concurrently, in order; failures are Judgments with an error."""
+        """Judge (messages, schema) pairs concurrently, in order; failures are Judgments with an error. `on_judged`
+        is called as each one comes in (for progress)."""
 
         async def run() -> list[Judgment[T]]:
             async with self.endpoint.client() as client:
                 jobs = [self._judge_one(client, self._request(m, s), parse) for m, s in requests]
-                return await gather_bounded(jobs, self.endpoint.concurrency)
+                return await gather_bounded(jobs, self.endpoint.concurrency, on_done=on_judged)
 
         return asyncio.run(run())

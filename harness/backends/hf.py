@@ -49,6 +49,7 @@ def _usable_device(name: str) -> str:
 
 
 Device = Annotated[str, AfterValidator(_usable_device)]
+log = logging.getLogger(__name__)
 
 # bitsandbytes' CPU backend offers, when it is imported, a kernel downloaded from a hub (`pip install kernels`):
 # nothing may be fetched from a hub here, and its own kernel is the one measured and tested. (A logger made now
@@ -323,6 +324,10 @@ def _load_weights(checkpoint: Path, options: ModelOptions) -> Any:
                 field="--attention",
                 hint="use auto, eager or flex_attention",
             )
+    log.debug(
+        "loading %s (%s, %s, attention %s, quantization %s)",
+        checkpoint, options.resolved_dtype(), options.resolved_device(), attention, options.quant,
+    )  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint,
         dtype=options.resolved_dtype(),

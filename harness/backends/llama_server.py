@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import signal
 import socket
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import HarnessError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,15 +129,16 @@ def serve_gguf(
         *extra_args,
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as server_log:
         process = subprocess.Popen(
             command,
-            stdout=log,
+            stdout=server_log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
     url = f"http://127.0.0.1:{port}/v1"
+    log.debug("llama.cpp server pid %d at %s (log %s): %s", process.pid, url, log_path, " ".join(command))
     with _sigterm_leaves_the_block():
         yield from _serve(process, url, alias, log_path, timeout)
 

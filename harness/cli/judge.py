@@ -17,6 +17,7 @@ from harness.cli.options import (
     RubricsDirOption,
     console,
     endpoint_from_flags,
+    err_console,
     read_run,
     user_errors,
 )
@@ -50,7 +51,7 @@ def judge_pairwise(
     endpoint = endpoint_from_flags(judge_model, judge_base_url, judge_api_key_env, judge_concurrency, judge_timeout)
     runs = [read_run(path) for path in (run_a, run_b)]
     client = JudgeClient(endpoint, ResultCache(cache_path or ResultCache.default_path()))
-    result = pairwise_runs(runs[0], runs[1], find_rubric(rubric, rubrics_dir or []), client)
+    result = pairwise_runs(runs[0], runs[1], find_rubric(rubric, rubrics_dir or []), client, err_console)
     write_atomic(out, result.model_dump_json(indent=2))
     table = Table(
         "task", "n", "win", "tie", "loss", "consistency", "errors", title=f"{run_a.parent.name} vs {run_b.parent.name}"

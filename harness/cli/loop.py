@@ -61,12 +61,25 @@ def loop_command(
 @user_errors
 def history_command(
     workdir: Annotated[Path, typer.Option(help="The loop's working folder")] = Path("loop"),
+    html: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Also write one self-contained page of every run: a table and trend plots"),
+    ] = None,
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option("--runs", help="Also show the runs under this folder (`harness run --out`) on the page"),
+    ] = None,
 ) -> None:
-    """Past loop runs: when, which data, whether it trained, and headline metrics."""
+    """Past loop runs: when, which data, whether it trained, and headline metrics; `--html` writes a page of every
+    run with trend plots per task and metric, each point linking its report."""
     from harness.loop import read_history
 
     entries = read_history(workdir)
+    if html is not None:
+        write_history_page(workdir, runs or [], html)
     if not entries:
+        if html is not None:
+            return
         raise HarnessError("no loop runs recorded yet", path=workdir / "history.jsonl")
     keys = list(entries[-1]["headline"])[:4]
     table = Table("loop run", "data", "fingerprint", "steps", "model calls", "gate", *keys)
@@ -82,6 +95,23 @@ def history_command(
             *(format_value(entry["headline"].get(k, {}).get("candidate")) for k in keys),
         )
     console.print(table)
+
+
+def write_history_page(workdir: Path, runs_dirs: list[Path], page: Path) -> None:
+    from harness.core.record import write_atomic
+    from harness.loop.history import history_runs
+    from reports import render_history
+
+    for folder in runs_dirs:
+        if not folder.is_dir():
+            raise HarnessError("not a folder of runs", path=folder, field="--runs")
+    shown = history_runs(workdir, runs_dirs, page)
+    if not shown:
+        raise HarnessError(
+            "no runs to show: no loop history here and no results.json under --runs", path=workdir / "history.jsonl"
+        )
+    write_atomic(page, render_history(shown))
+    console.print(f"history page: {page} ({len(shown)} runs)")
 
 
 def format_value(value: float | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +28,8 @@ from harness.cli.options import (
 )
 from harness.cli.tables import results_table
 
+log = logging.getLogger(__name__)
+
 
 @user_errors
 def list_tasks(tasks_dir: TasksDirOption = None) -> None:
@@ -37,7 +40,7 @@ def list_tasks(tasks_dir: TasksDirOption = None) -> None:
     table = Table("task", "kind", "metrics", "data", "description")
     catalog = find_catalog(tasks_dir or [])
     for name, spec in sorted(catalog.tasks.items()):
-        data = f"{len(read_rows(spec.data, spec.data_format))} rows" if spec.data else spec.data_label
+        data = f"{len(read_rows(spec.data, spec.data_format, spec.split))} rows" if spec.data else spec.data_label
         table.add_row(name, spec.kind, ", ".join(m.name for m in spec.metrics), escape(data), spec.description)
     for name, group in sorted(catalog.groups.items()):
         members = f"group ({group.aggregate}) of {len(group.tasks)}: {', '.join(group.tasks[:4])}"
@@ -155,7 +158,7 @@ def run(
         results_path = run_result.write(out / run_result.run_id / "results.json")
         errors = sum(task.n_errors for task in run_result.tasks.values())
         if errors:
-            err_console.print(f"[yellow]{errors} sample(s) got no output[/] (each record says why; not in the metrics)")
+            log.warning("%d sample(s) got no output (each record says why; not in the metrics)", errors)
         if as_json:
             summaries.append(run_summary(run_result, results_path))
         else:

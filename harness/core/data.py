@@ -1,11 +1,14 @@
 """Task data: rows from JSONL, CSV, parquet or a saved HF dataset dir (harness.core.samples renders them).
 
 JSONL is read line by line so a bad row is reported with its line number; the other formats go through
-`datasets`. Every error names the file, the line (row) and the field.
+`datasets`, CSV after a structural check that finds the line each record starts on. Every error names the file,
+the line (row) and the field.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,17 +91,60 @@ def _json_array(path: Path, text: str) -> list[Row] | None:
     return [Row(index, item) for index, item in enumerate(value, start=1)]
 
 
-def _read_with_datasets(path: Path, data_format: str) -> list[Row]:
+def _csv_record_lines(path: Path) -> list[int]:
+    """The line each CSV record starts on (a quoted field may span lines), checking the structure first: a record
+    with more or fewer fields than the header, or a quote never closed, is an error naming its line."""
+    text = "\n".join(_decode_lines(path))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    starts, header, previous_end = [], None, 0
+    try:
+        for record in reader:
+            start, previous_end = previous_end + 1, reader.line_num
+            if not record:
+                continue  # a blank line, skipped as pandas does
+            if header is None:
+                header = record
+            elif len(record) != len(header):
+                raise HarnessError(
+                    f"{len(record)} fields where the header has {len(header)}",
+                    path=path,
+                    line=start,
+                    hint="quote a field that holds a comma",
+                )
+            else:
+                starts.append(start)
+    except csv.Error as error:
+        reason = "a quoted field that starts here is never closed" if "end of data" in str(error) else str(error)
+        raise HarnessError(f"malformed CSV: {reason}", path=path, line=previous_end + 1) from None
+    return starts
+
+
+def _saved_split(path: Path, loaded: Any, split: str | None) -> Any:
+    """The split to read from a saved dataset folder: a DatasetDict with several splits needs `split`."""
+    import datasets
+
+    if not isinstance(loaded, datasets.DatasetDict):
+        if split is not None:
+            raise HarnessError("the saved dataset has no splits", path=path, field="split", hint="remove split")
+        return loaded
+    names = ", ".join(loaded)
+    if split is None and len(loaded) == 1:
+        return next(iter(loaded.values()))
+    if split is None:
+        raise HarnessError(f"the saved dataset has splits {names}: name one", path=path, field="split")
+    if split not in loaded:
+        raise HarnessError(f"no split '{split}' (the saved dataset has {names})", path=path, field="split")
+    return loaded[split]
+
+
+def _read_with_datasets(path: Path, data_format: str, split: str | None) -> list[Row]:
     import datasets
 
     datasets.disable_progress_bars()
-    if data_format == "csv":
-        _decode_lines(path)
+    record_lines = _csv_record_lines(path) if data_format == "csv" else []
     try:
         if data_format == "hf_disk":
             loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                loaded = loaded[next(iter(loaded))]
         else:
             loaded = (
                 datasets.Dataset.from_csv(str(path), keep_in_memory=True)
@@ -107,16 +153,21 @@ def _read_with_datasets(path: Path, data_format: str) -> list[Row]:
             )
     except Exception as error:  # datasets raises many types for unreadable files
         raise HarnessError(f"cannot read {data_format} data: {error}", path=path) from None
-    first_line = 2 if data_format == "csv" else 1  # CSV: line 1 is the header
-    return [Row(first_line + index, dict(values)) for index, values in enumerate(loaded)]
+    if data_format == "hf_disk":
+        loaded = _saved_split(path, loaded, split)
+    if len(record_lines) != len(loaded):  # parquet and saved datasets: the row number stands as the line
+        record_lines = list(range(1, len(loaded) + 1))
+    return [Row(line, dict(values)) for line, values in zip(record_lines, loaded, strict=True)]
 
 
-def read_rows(path: Path, data_format: str = "auto") -> list[Row]:
-    """All rows of a data file; an empty file is an error."""
+def read_rows(path: Path, data_format: str = "auto", split: str | None = None) -> list[Row]:
+    """All rows of a data file (of `split` in a saved DatasetDict folder); an empty file is an error."""
     if not path.exists():
         raise HarnessError("data file not found", path=path, field="data")
     data_format = _detect_format(path) if data_format == "auto" else data_format
-    rows = _read_jsonl(path) if data_format == "jsonl" else _read_with_datasets(path, data_format)
+    if split is not None and data_format != "hf_disk":
+        raise HarnessError(f"split is for a saved dataset folder, not {data_format} data", path=path, field="split")
+    rows = _read_jsonl(path) if data_format == "jsonl" else _read_with_datasets(path, data_format, split)
     if not rows:
         raise HarnessError("the dataset is empty", path=path, field="data")
     return rows

@@ -12,6 +12,13 @@ from rich.console import Console
 from rich.progress import Progress, ProgressColumn, TaskID
 
 LOG_INTERVAL = 30.0  # seconds between a task's log lines
+_enabled = True  # off under the CLI's -q
+
+
+def set_enabled(enabled: bool) -> None:
+    """Show progress (the default) or none at all, whatever the caller asks."""
+    global _enabled
+    _enabled = enabled
 
 
 def _value(value: Any) -> str:
@@ -62,7 +69,8 @@ class LogProgress(Progress):
 
 
 def progress(*columns: str | ProgressColumn, console: Console, disable: bool = False) -> Progress:
-    """Live bars on a terminal, periodic log lines elsewhere."""
+    """Live bars on a terminal, periodic log lines elsewhere; nothing when progress is switched off."""
+    disable = disable or not _enabled
     if console.is_terminal:
         return Progress(*columns, console=console, disable=disable)
     return LogProgress(*columns, console=console, disable=disable)

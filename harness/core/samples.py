@@ -331,7 +331,10 @@ def read_task_rows(spec: TaskSpec) -> TaskRows:
     if spec.dataset is not None:
         return read_hub_rows(spec.dataset, spec.fewshot_split if spec.num_fewshot else None)
     assert spec.data is not None  # the spec checks it has one source
-    rows = read_rows(spec.data, spec.data_format)
+    rows = read_rows(spec.data, spec.data_format, spec.split)
+    if spec.fewshot_split not in (None, spec.split) and spec.num_fewshot:  # another split of the same saved folder
+        fewshot_rows = read_rows(spec.data, spec.data_format, spec.fewshot_split)
+        return TaskRows(rows, fewshot_rows, data_fingerprint(spec.data))
     if spec.fewshot_data is None or not spec.num_fewshot:
         return TaskRows(rows, None, data_fingerprint(spec.data))
     fewshot = read_rows(spec.fewshot_data)

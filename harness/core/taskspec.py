@@ -146,6 +146,7 @@ class TaskSpec(BaseModel):
     data: Path | None = None  # a local file or saved dataset folder; or `dataset:` (a hub dataset)
     dataset: DatasetSource | None = None
     data_format: DataFormat = "auto"
+    split: str | None = None  # data: the split of a saved DatasetDict folder to score (needed when it has several)
     id_field: str | None = None
     preprocess: str | None = None  # a registered row processor (@preprocessor), applied to every row first
     instruction: str = ""  # a template placed before the few-shot examples (lm-evaluation-harness's description)
@@ -158,7 +159,7 @@ class TaskSpec(BaseModel):
     chat_template: bool = False
     fewshot: list[dict[str, Any]] = Field(default_factory=list)  # fixed worked examples, the same for every row
     num_fewshot: int = Field(0, ge=0)  # or: this many examples drawn per row from the few-shot rows
-    fewshot_split: str | None = None  # where drawn examples come from: a split of `dataset`
+    fewshot_split: str | None = None  # where drawn examples come from: a split of `dataset` (or of the `split` folder)
     fewshot_data: Path | None = None  # ... or a local file
     fewshot_sampler: Literal["random", "first_n"] = "random"
     fewshot_seed: int = 1234  # one seeded generator per task, drawing for the rows in order (as lm-eval)
@@ -190,16 +191,22 @@ class TaskSpec(BaseModel):
             raise FieldError("num_fewshot", "give fixed fewshot examples or num_fewshot drawn ones, not both")
         if self.fewshot_data is not None and self.fewshot_split is not None:
             raise FieldError("fewshot_data", "give fewshot_data (a file) or fewshot_split, not both")
-        if self.fewshot_split is not None and self.dataset is None:
+        if self.split is not None and self.dataset is not None:
+            raise FieldError("split", "a hub dataset names its split as dataset.split")
+        if self.fewshot_split is not None and self.dataset is None and self.split is None:
             raise FieldError(
-                "fewshot_split", "fewshot_split is a split of `dataset`; for a local file use fewshot_data"
+                "fewshot_split",
+                "fewshot_split is a split of `dataset` or of a saved dataset folder with `split`; for a local file "
+                "use fewshot_data",
             )
         return self
 
     @property
     def data_label(self) -> str:
         """How errors name the task's rows: the local path, or the hub dataset with config and split."""
-        return str(self.data) if self.data is not None else self.dataset.label() if self.dataset else self.name
+        if self.data is not None:
+            return f"{self.data}:{self.split}" if self.split else str(self.data)
+        return self.dataset.label() if self.dataset else self.name
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> TaskSpec:
@@ -244,12 +251,8 @@ class TaskSpec(BaseModel):
 
     def fingerprint(self, data_fingerprint: str) -> str:
         """Task identity: data content, template, metric config, decoding settings, version."""
-        return hash_json(
-            {
-                "spec": self.model_dump(mode="json", exclude={"description", "data", "fewshot_data"}),
-                "data": data_fingerprint,
-            }
-        )
+        excluded = {"description", "data", "fewshot_data"} | ({"split"} if self.split is None else set())
+        return hash_json({"spec": self.model_dump(mode="json", exclude=excluded), "data": data_fingerprint})
 
 
 class GroupSpec(BaseModel):

@@ -7,6 +7,7 @@ are recomputed from those outputs on every run.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 import uuid
@@ -40,6 +41,7 @@ from harness.evaluation.aggregate import group_results, metric_values
 from harness.metrics import get_metric
 from harness.metrics.tasks import task_metrics
 
+log = logging.getLogger(__name__)
 B = TypeVar("B")  # a batch, as pipelined() hands it to its callbacks
 R = TypeVar("R")  # a batch's results
 LOGLIKELIHOOD_KINDS = ("multiple_choice", "loglikelihood")  # tasks scored by continuation log-likelihoods
@@ -67,7 +69,15 @@ class JudgedTask:
 class TaskJudge(Protocol):
     """Scores generated outputs with the task's judges (implemented in `judges/`)."""
 
-    def __call__(self, spec: TaskSpec, samples: Sequence[Sample], predictions: Sequence[str]) -> JudgedTask: ...
+    def __call__(
+        self,
+        spec: TaskSpec,
+        samples: Sequence[Sample],
+        predictions: Sequence[str],
+        on_judged: Callable[[], None] | None = None,
+    ) -> JudgedTask:
+        """Judge each prediction; `on_judged` is called as each judgment (or its failure) comes in."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ def prepare_tasks(specs: Sequence[TaskSpec], limit: int | None) -> list[Prepared
     prepared = []
     for spec in specs:
         samples, rows = load_samples(spec)
+        log.debug("%s: %d samples from %s (data %s)", spec.name, len(samples), spec.data_label, rows.fingerprint[:12])
         prepared.append(PreparedTask(spec, samples[:limit] if limit else samples, rows.fingerprint, rows.revision))
     return prepared
 
@@ -217,6 +228,11 @@ def _model_outputs(
     bar = progress.add_task(task.spec.name, total=len(inputs), completed=len(cached))
     pending = sorted((i for i in range(len(inputs)) if i not in cached), key=lambda i: -_request_size(requests[i]))
     mine = distributed.shard(pending)  # under a launcher each rank takes its share; all ranks get every result
+    log.debug(
+        "%s: %d samples, %d from the cache, %d to compute in batches of %d (fingerprint %s)",
+        task.spec.name, len(inputs), len(cached), len(pending), backend.batch_size(options.batch_size),
+        task.fingerprint[:12],
+    )  # fmt: skip
     computed: dict[str, Any] = {}
 
     def store(batch: list[int], results: list[dict[str, Any]]) -> None:
@@ -259,6 +275,7 @@ def _score_task(
     outputs: list[dict[str, Any]],
     cached: set[int],
     options: RunOptions,
+    progress: Progress,
 ) -> TaskResult:
     """Per-sample scores and corpus metrics; a sample whose request failed is recorded with its error and left out
     of the metrics (and of judging)."""
@@ -309,7 +326,8 @@ def _score_task(
         metrics.update(metric_values(scorer, rows, ok_predictions, references, options))
     judge_calls = 0
     if spec.judges and options.judge is not None and distributed.is_main() and scored:
-        judged = options.judge(spec, samples, ok_predictions)
+        bar = progress.add_task(f"judge {spec.name}", total=len(scored) * len(spec.judges))
+        judged = options.judge(spec, samples, ok_predictions, lambda: progress.advance(bar))
         for record, scores, judgments in zip(scored, judged.sample_scores, judged.sample_judgments, strict=True):
             record.scores.update(scores)
             record.judgments.update(judgments)
@@ -376,7 +394,7 @@ def evaluate(
     with progress_for(*columns, console=console or Console(stderr=True), disable=not distributed.is_main()) as progress:
         for task in tasks:
             inputs, outputs, cached = _model_outputs(backend, task, cache, options, progress)
-            results[task.spec.name] = _score_task(task, inputs, outputs, cached, options)
+            results[task.spec.name] = _score_task(task, inputs, outputs, cached, options, progress)
     created_at = datetime.now(timezone.utc)
     return RunResult(
         run_id=f"{created_at:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",

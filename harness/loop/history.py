@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import HarnessError
-from harness.core.record import write_atomic
+from harness.core.record import RunResult, write_atomic
+from reports.history_html import HistoryRun
 
 HISTORY = "history.jsonl"
 
@@ -33,3 +35,34 @@ def read_history(workdir: Path) -> list[dict[str, Any]]:
 def write_history(workdir: Path, entries: list[dict[str, Any]]) -> None:
     """Replace the history with `entries` (atomically: a killed loop leaves the old file whole)."""
     write_atomic(workdir / HISTORY, "".join(json.dumps(entry) + "\n" for entry in entries))
+
+
+def _link(target: Path, page: Path) -> str:
+    return os.path.relpath(target.resolve(), page.resolve().parent)
+
+
+def _model_series(run: RunResult) -> str:
+    adapter = run.spec.model.adapter_path
+    return run.spec.model.name + (f" + {Path(adapter).name}" if adapter else "")
+
+
+def history_runs(workdir: Path, runs_dirs: list[Path], page: Path) -> list[HistoryRun]:
+    """Every run to show on the history page: the loop's base and tuned runs (series "base" / "tuned", linking the
+    loop run's report) and every results.json under `runs_dirs` (a series per model and adapter, linking the
+    file). Links are relative to `page`."""
+    shown: list[HistoryRun] = []
+    seen: set[Path] = set()
+    for entry in read_history(workdir):
+        report = Path(entry["report"]) / "report.html"
+        for series, key in (("base", "base_run"), ("tuned", "tuned_run")):
+            path = workdir / "runs" / entry[key] / "results.json"
+            if path.is_file():
+                seen.add(path.resolve())
+                shown.append(HistoryRun(RunResult.read(path), series, _link(report, page), entry["loop_id"]))
+    for folder in runs_dirs:
+        for path in sorted(folder.rglob("results.json")):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                run = RunResult.read(path)
+                shown.append(HistoryRun(run, _model_series(run), _link(path, page)))
+    return shown

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from harness.evaluation.catalog import add_search_path, get_tasks
 from harness.evaluation.runner import RunOptions, evaluate, prepare_tasks
 from harness.loop.history import read_history, write_history
 from harness.loop.suite import Suite
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,9 +81,9 @@ def ensure_adapter(options: LoopOptions, loaded: LoadedModel, console: Console) 
 
     adapter_dir = options.workdir / "adapters" / adapter_key(options, loaded.base_fingerprint)[:16]
     if (adapter_dir / MANIFEST).is_file():
-        console.print(f"[bold]adapter[/] reused: {adapter_dir} (same base, data and config)")
+        log.info("adapter reused: %s (same base, data and config)", adapter_dir)
         return adapter_dir, 0
-    console.print(f"[bold]training[/] on {options.data} -> {adapter_dir}")
+    log.info("training on %s -> %s", options.data, adapter_dir)
     train(options.train_config, options.data, adapter_dir, resume=adapter_dir.exists(), console=console)
     steps = json.loads((adapter_dir / MANIFEST).read_text())["steps"]
     return adapter_dir, int(steps)
@@ -121,13 +124,15 @@ def evaluate_base_and_tuned(
     name = loaded.load_adapter(adapter_dir, "tuned")
     runs = []
     for adapter_name, label in ((None, "base"), (name, "tuned")):
-        console.print(f"[bold]evaluating[/] {label}")
+        log.info("evaluating %s", label)
         with loaded.activate(adapter_name):
             runs.append(evaluate(HFBackend(loaded), prepared, cache, run_options, console))
     return runs[0], runs[1]
 
 
-def _pairwise(options: LoopOptions, base: RunResult, tuned: RunResult, client: Any) -> dict[str, Any] | None:
+def _pairwise(
+    options: LoopOptions, base: RunResult, tuned: RunResult, client: Any, console: Console
+) -> dict[str, Any] | None:
     from judges.pairwise import pairwise_runs
     from judges.rubric import find_rubric
 
@@ -138,7 +143,7 @@ def _pairwise(options: LoopOptions, base: RunResult, tuned: RunResult, client: A
     subset = [
         run.model_copy(update={"tasks": {k: v for k, v in run.tasks.items() if k in keep}}) for run in (tuned, base)
     ]
-    return pairwise_runs(subset[0], subset[1], find_rubric(config.rubric), client).model_dump(mode="json")
+    return pairwise_runs(subset[0], subset[1], find_rubric(config.rubric), client, console).model_dump(mode="json")
 
 
 def _history_entry(
@@ -183,7 +188,7 @@ def run_loop(options: LoopOptions, console: Console) -> LoopOutcome:
         client = JudgeClient(endpoint, cache) if endpoint else None
         judge = RubricJudge(client, seed=options.seed) if client else None
         base, tuned = evaluate_base_and_tuned(options, loaded, adapter_dir, cache, judge, console)
-        pairwise = _pairwise(options, base, tuned, client)
+        pairwise = _pairwise(options, base, tuned, client, console)
     for run in (base, tuned):
         _write_run(run, options.workdir)
     comparison = compare_runs([base, tuned], options.seed, pairwise)

@@ -35,7 +35,9 @@ PLANS = {
 MALFORMED = {"nochoices": ["nochoices"], "errorbody": ["errorbody"], "html": ["html"], "truncated": ["truncated"]}
 
 
-def judge_everything(base_url: str, cache: ResultCache, cases: list[str] | None = None) -> JudgedTask:
+def judge_everything(
+    base_url: str, cache: ResultCache, cases: list[str] | None = None, on_judged: Callable[[], None] | None = None
+) -> JudgedTask:
     cases = cases or [*PLANS, "fine"]
     endpoint = JudgeEndpoint(
         model="fault", base_url=base_url, timeout=1.0, max_retries=2, concurrency=4, logprobs=False
@@ -52,7 +54,7 @@ def judge_everything(base_url: str, cache: ResultCache, cases: list[str] | None 
         }
     )
     samples = [Sample(case, f"Prompt CASE-{case}", ["ref"]) for case in cases]
-    return judge(spec, samples, ["an answer"] * len(samples))
+    return judge(spec, samples, ["an answer"] * len(samples), on_judged)
 
 
 def test_faults_are_retried_or_recorded_and_the_rest_is_scored(
@@ -60,7 +62,11 @@ def test_faults_are_retried_or_recorded_and_the_rest_is_scored(
 ) -> None:
     base_url, server = fault_server(PLANS, GOOD, hang_seconds=3.0)
     started = time.monotonic()
-    judged = judge_everything(base_url, ResultCache(tmp_path / "cache.sqlite"))
+    progress: list[float] = []
+    judged = judge_everything(
+        base_url, ResultCache(tmp_path / "cache.sqlite"), on_judged=lambda: progress.append(time.monotonic())
+    )
+    assert len(progress) == len(PLANS) + 1  # progress counts every judgment, the failed ones too
     by_case = dict(zip([*PLANS, "fine"], judged.sample_judgments, strict=True))
     scores = dict(zip([*PLANS, "fine"], judged.sample_scores, strict=True))
     attempts = server.attempts  # type: ignore[attr-defined]

@@ -36,7 +36,7 @@ def harness(*args: str) -> str:
 
 
 def run_judged(folder: Path, out: Path, cache: Path, base_url: str, model: str) -> dict:
-    harness(
+    printed = harness(
         "run",
         "--tasks",
         "judged",
@@ -52,7 +52,7 @@ def run_judged(folder: Path, out: Path, cache: Path, base_url: str, model: str) 
         model,
     )
     newest = max(out.rglob("results.json"), key=lambda p: p.stat().st_mtime)
-    return json.loads(newest.read_text()) | {"path": str(newest)}
+    return json.loads(newest.read_text()) | {"path": str(newest), "printed": printed}
 
 
 @pytest.mark.slow
@@ -63,6 +63,7 @@ def test_run_with_judges_then_cached_rerun(
     first = run_judged(folder, tmp_path / "runs", tmp_path / "cache.sqlite", judge_server.base_url, judge_server.model)
     task = first["tasks"]["judged"]
     assert task["judge_calls"] >= 6  # two rubrics x three samples, plus any re-asks
+    assert "judge judged 6/6 (100%)" in first["printed"]  # judging's progress (a log line: not a terminal)
     for key in ("general.relevance", "general.coherence", "general.instruction_compliance", "factual.factual_accuracy"):
         metric = task["metrics"][key]
         assert metric["n"] + metric["n_errors"] == 3
@@ -112,6 +113,7 @@ def test_pairwise_judging_of_two_runs(
     assert 0.0 <= result["position_consistency"] <= 1.0
     assert all(len({item["a_first"], item["b_first"]} - {"A", "B", "tie", None}) == 0 for item in result["items"])
     assert "consistency" in printed
+    assert "pairwise judged 6/6 (100%)" in printed  # three items, both orders
 
 
 def test_the_api_key_is_never_written(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from harness.comparison.gate import GateRule, check_rule
 from harness.core.errors import HarnessError
 from harness.core.record import RunResult
 from reports.markdown import LIMIT, render_markdown
+from tests.chromium import chromium_page
 
 RULES = """alpha: 0.05
 rules:
@@ -164,10 +164,6 @@ def test_markdown_stays_under_the_comment_limit(real_runs: dict[str, Path]) -> N
 
 
 def test_reports_render_in_headless_chromium(real_runs: dict[str, Path], tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is needed (make test installs it)"
     out = tmp_path / "report"
     result = CliRunner().invoke(
         app, ["compare", str(real_runs["greedy"]), str(real_runs["sampled"]), "--out", str(out)]
@@ -178,21 +174,7 @@ def test_reports_render_in_headless_chromium(real_runs: dict[str, Path], tmp_pat
     html = (out / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # self-contained
     errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 1200})
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
+    with chromium_page(errors) as page:
         page.goto((out / "report.html").as_uri())
         assert page.locator("svg").count() >= 8  # metric charts
         rows = page.locator("#samples-0-1 tbody tr")
@@ -200,7 +182,6 @@ def test_reports_render_in_headless_chromium(real_runs: dict[str, Path], tmp_pat
         page.fill("input[data-table='samples-0-1']", "plain-001")
         visible = page.locator("#samples-0-1 tbody tr:visible").count()
         page.screenshot(path=str(out / "report.png"), full_page=True)
-        browser.close()
     assert errors == []
     assert total == 8 and visible == 1
     assert (out / "report.png").stat().st_size > 10_000

@@ -24,7 +24,7 @@ def test_tasks_lists_builtin_tasks_with_kind_metrics_and_size() -> None:
     assert "group (micro) of 4" in rows["mmlu"]
 
 
-def test_run_prints_table_and_writes_record(task_dir: Callable[..., Path], tmp_path: Path) -> None:
+def test_run_prints_table_and_record_at_the_log_level_asked(task_dir: Callable[..., Path], tmp_path: Path) -> None:
     folder = task_dir(
         "text",
         [{"text": "Trains make distances feel manageable."}],
@@ -32,25 +32,15 @@ def test_run_prints_table_and_writes_record(task_dir: Callable[..., Path], tmp_p
         metrics=["perplexity"],
     )
     out = tmp_path / "runs"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "run",
-            "--tasks",
-            "text",
-            "--tasks-dir",
-            str(folder),
-            "--out",
-            str(out),
-            "--cache-path",
-            str(tmp_path / "cache.sqlite"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    command = [sys.executable, "-m", "harness", "-v", "run", "--tasks", "text", "--tasks-dir", str(folder)]
+    command += ["--out", str(out), "--cache-path", str(tmp_path / "cache.sqlite")]
+    completed = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "DEBUG harness.evaluation.runner: text: 1 samples, 0 from the cache, 1 to compute" in completed.stderr
+    assert "text 1/1 (100%)" in completed.stderr  # progress, as log lines (stderr is no terminal)
+    quiet_command = [*command[:3], "-q", *command[4:]]
+    quiet_command[quiet_command.index("--out") + 1] = str(tmp_path / "quiet")
+    quiet = subprocess.run(quiet_command, capture_output=True, text=True, check=True)
+    assert quiet.stderr == "" and "perplexity" in quiet.stdout  # -q: no progress or status, the results still
     (results_path,) = out.rglob("results.json")
     record = json.loads(results_path.read_text())
     assert record["schema_version"] == 1

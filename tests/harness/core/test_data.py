@@ -111,3 +111,46 @@ def test_a_json_array_of_non_objects_names_the_item(tmp_path: Path) -> None:
     path.write_text('{\n  "rows": []\n}\n', encoding="utf-8")
     with pytest.raises(HarnessError, match="must hold an array of objects"):
         read_rows(path)
+
+
+def test_csv_errors_name_the_line_a_record_starts_on(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text('id,question,answer\na,"two\nlines",x\nb,Q2,y,extra\n', encoding="utf-8")
+    with pytest.raises(HarnessError, match=r"rows\.csv:4: 4 fields where the header has 3"):
+        read_rows(path)
+    path.write_text('id,question,answer\na,Q1,x\nb,"never closed,y\nc,Q3,z\n', encoding="utf-8")
+    with pytest.raises(HarnessError, match=r"rows\.csv:3: malformed CSV: a quoted field that starts here"):
+        read_rows(path)
+    path.write_text('id,question,answer\na,"two\nlines",x\n\nb,Q2,y\n', encoding="utf-8")
+    assert [(row.line, row.values["id"]) for row in read_rows(path)] == [(2, "a"), (5, "b")]
+
+
+def test_a_saved_dataset_dict_needs_its_split_named(tmp_path: Path) -> None:
+    folder = tmp_path / "saved"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}
+    ).save_to_disk(folder)
+    with pytest.raises(HarnessError, match=r"saved: field 'split': the saved dataset has splits train, test: name one"):
+        read_rows(folder)
+    with pytest.raises(HarnessError, match=r"no split 'dev' \(the saved dataset has train, test\)"):
+        read_rows(folder, split="dev")
+    assert [row.values["id"] for row in read_rows(folder, split="test")] == ["a"]
+    (tmp_path / "rows.csv").write_text("id\n1\n", encoding="utf-8")
+    with pytest.raises(HarnessError, match="split is for a saved dataset folder, not csv data"):
+        read_rows(tmp_path / "rows.csv", split="test")
+
+
+def test_a_saved_folder_split_drives_samples_and_fewshot_and_the_fingerprint(tmp_path: Path) -> None:
+    from harness.core.samples import load_samples
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}
+    ).save_to_disk(folder)
+    spec = spec_for(folder, split="test", num_fewshot=1, fewshot_split="train", fewshot_sampler="first_n")
+    samples, _ = load_samples(spec)
+    assert [s.prompt for s in samples] == ["Q: Q1?\nA: x\n\nQ: Q1?\nA:"]  # the test row, after train's first
+    assert spec.data_label == f"{folder}:test"
+    assert spec_for(folder).fingerprint("d") != spec_for(folder, split="test").fingerprint("d")
+    with pytest.raises(ValueError, match=r"a hub dataset names its split as dataset\.split"):
+        TaskSpec.model_validate({**spec.model_dump(), "data": None, "dataset": {"path": "org/x"}})
