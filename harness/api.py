@@ -1,10 +1,11 @@
-"""The Python API: `harness run`, `harness compare` and `harness gate` as functions that return their records, for
-notebooks, scripts and a user's own test suite. The CLI is a layer over these.
+"""The Python API: `harness train`, `harness run`, `harness compare` and `harness gate` as functions that return
+their records, for notebooks, scripts and a user's own test suite. The CLI is a layer over these.
 
     import harness
 
+    adapter = harness.train("data/train.jsonl", "adapters/mine", config="train.yaml", max_steps=50)
     base = harness.evaluate(tasks=["factual_qa", "hellaswag"], limit=50)
-    tuned = harness.evaluate(tasks=["factual_qa", "hellaswag"], limit=50, adapter="adapters/mine")
+    tuned = harness.evaluate(tasks=["factual_qa", "hellaswag"], limit=50, adapter=adapter.path)
     comparison = harness.compare(base, tuned)
     outcomes = harness.gate(comparison, "examples/gate.yaml")
     assert all(outcome.passed for outcome in outcomes), [o.detail for o in outcomes if not o.passed]
@@ -16,6 +17,7 @@ loaded between calls in one process, so evaluating several adapters over one bas
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from harness.comparison.compare import RunComparison, compare_runs
 from harness.comparison.gate import GateRules, RuleOutcome, load_rules, run_gate
 from harness.core.cache import ResultCache
 from harness.core.record import RunResult
-from harness.evaluation.catalog import resolve_tasks
+from harness.evaluation.catalog import add_search_path, resolve_tasks
 from harness.evaluation.runner import RunOptions, TaskJudge, prepare_tasks
 from harness.evaluation.runner import evaluate as evaluate_prepared
 
@@ -128,6 +130,53 @@ def evaluate(
     return result
 
 
+@dataclass(frozen=True)
+class TrainedAdapter:
+    """A trained adapter folder and its manifest.json (config, loss curves, data report, speed)."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def steps(self) -> int:
+        return int(self.manifest["steps"])
+
+    @property
+    def best_eval_loss(self) -> float | None:
+        return self.manifest["best_eval_loss"]
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    *,
+    config: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    resume: bool = False,
+    tasks_dir: Sequence[Path] = (),
+    console: Console | None = None,
+    **overrides: Any,
+) -> TrainedAdapter:
+    """Fine-tune a LoRA / QLoRA adapter into `out`: `harness train` as a function. `config` is a training config
+    YAML; `overrides` set its fields (model, quant, max_steps, seed, lr, ...) on top, as the CLI's flags do."""
+    from adapters.config import load_train_config
+    from adapters.trainer import MANIFEST
+    from adapters.trainer import train as train_adapter
+
+    train_config = load_train_config(Path(config) if config else None, overrides)
+    for folder in tasks_dir:
+        add_search_path(folder)
+    path = train_adapter(
+        train_config,
+        Path(data),
+        Path(out),
+        eval_path=Path(eval_data) if eval_data else None,
+        resume=resume,
+        console=console,
+    )
+    return TrainedAdapter(path, json.loads((path / MANIFEST).read_text(encoding="utf-8")))
+
+
 def compare(baseline: RunResult | Path, candidate: RunResult | Path, seed: int = 0) -> RunComparison:
     """The paired comparison of two runs (or results.json files): per task and metric the delta, its bootstrap
     interval and p-value, flips and forgetting."""
@@ -141,4 +190,14 @@ def gate(comparison: RunComparison, rules: GateRules | Path | str) -> list[RuleO
     return run_gate(rules if isinstance(rules, GateRules) else load_rules(Path(rules)), comparison)
 
 
-__all__ = ["GateRules", "Prompting", "ServedOptions", "compare", "evaluate", "evaluate_each", "gate"]
+__all__ = [
+    "GateRules",
+    "Prompting",
+    "ServedOptions",
+    "TrainedAdapter",
+    "compare",
+    "evaluate",
+    "evaluate_each",
+    "gate",
+    "train",
+]

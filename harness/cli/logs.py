@@ -74,6 +74,7 @@ def configure(level: int, library_debug: bool = False) -> None:
     root.setLevel(library_level.upper())
     for variable in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):  # read when each configures its own logger
         os.environ[variable] = library_level
+    os.environ["MLFLOW_LOGGING_LEVEL"] = library_level.upper()
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(level)
     logging.captureWarnings(True)

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from harness.cli.options import EXIT_GATE_FAILED, JudgeKeyOption, JudgeModelOption, console, err_console, user_errors
+from harness.cli.options import (
+    EXIT_GATE_FAILED,
+    JudgeKeyOption,
+    JudgeModelOption,
+    MlflowOption,
+    TrackingUriOption,
+    console,
+    err_console,
+    user_errors,
+)
 from harness.cli.tables import gate_table, headline_table
 from harness.core.errors import HarnessError
 
@@ -26,6 +35,8 @@ def loop_command(
         "loop"
     ),
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    mlflow: MlflowOption = False,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Train (or reuse) an adapter on --data, evaluate base and tuned on the suite, compare, report, gate."""
     from adapters.config import load_train_config
@@ -51,6 +62,8 @@ def loop_command(
         f"judge calls: {outcome.judge_calls}"
     )
     console.print(f"report: {outcome.report_dir / 'report.html'}  (Markdown: {outcome.report_dir / 'report.md'})")
+    if mlflow:
+        _log_loop_to_mlflow(outcome, workdir, tracking_uri)
     if outcome.gate:
         console.print(gate_table(outcome.gate))
         console.print(f"gate: {'passed' if outcome.passed else '[red]FAILED[/]'}")
@@ -95,6 +108,17 @@ def history_command(
             *(format_value(entry["headline"].get(k, {}).get("candidate")) for k in keys),
         )
     console.print(table)
+
+
+def _log_loop_to_mlflow(outcome: Any, workdir: Path, tracking_uri: str | None) -> None:
+    """The loop's base and tuned runs (the tuned one with its training curves) and the comparison with the gate."""
+    from harness.cli.options import read_run
+    from harness.cli.reports import log_comparison_to_mlflow, log_runs_to_mlflow
+
+    pair = outcome.comparison.comparisons[0]
+    paths = [workdir / "runs" / run_id / "results.json" for run_id in (pair.baseline, pair.candidate)]
+    log_runs_to_mlflow([(read_run(path), path) for path in paths], tracking_uri)
+    log_comparison_to_mlflow(outcome.comparison, outcome.gate, outcome.report_dir, tracking_uri)
 
 
 def write_history_page(workdir: Path, runs_dirs: list[Path], page: Path) -> None:

@@ -33,6 +33,7 @@ console = _console()
 err_console = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 TasksDirOption = Annotated[list[Path] | None, typer.Option("--tasks-dir", help="Extra folder of task YAML files")]
 JudgeModelOption = Annotated[str | None, typer.Option(help="Judge model name at --judge-base-url")]
@@ -42,6 +43,12 @@ JudgeConcurrencyOption = Annotated[int, typer.Option(min=1, help="Judge requests
 JudgeTimeoutOption = Annotated[float, typer.Option(min=0.1, help="Seconds per judge request")]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the headline numbers as one JSON document instead of tables")
+]
+MlflowOption = Annotated[
+    bool, typer.Option("--mlflow", help="Also log to MLflow (the mlflow extra): see --tracking-uri")
+]
+TrackingUriOption = Annotated[
+    str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a local store in ./mlruns)")
 ]
 RubricsDirOption = Annotated[list[Path] | None, typer.Option("--rubrics-dir", help="Extra folder of rubric YAML files")]
 
@@ -99,16 +106,30 @@ def read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_run(path: Path) -> RunResult:
-    """A RunResult from a results.json; an unreadable one is a user error naming the file."""
+def _read_record(path: Path, read: Callable[[Path], R], what: str) -> R:
+    """A record read from `path`; an unreadable one is a user error naming the file (and the field)."""
     try:
-        return RunResult.read(path)
+        return read(path)
     except ValidationError as error:  # also JSON cut short: pydantic parses the file
         location, message = first_error(error)
         where = f" (field {'.'.join(str(part) for part in location)})" if location else ""
-        raise HarnessError(f"not a readable results.json: {message}{where}", path=path) from None
+        raise HarnessError(f"not a readable {what}: {message}{where}", path=path) from None
     except (OSError, ValueError) as error:
-        raise HarnessError(f"not a readable results.json: {error}", path=path) from None
+        raise HarnessError(f"not a readable {what}: {error}", path=path) from None
+
+
+def read_run(path: Path) -> RunResult:
+    """A RunResult from a results.json; an unreadable one is a user error naming the file."""
+    return _read_record(path, RunResult.read, "results.json")
+
+
+def read_comparison(path: Path) -> Any:
+    """A Comparison from a comparison.json (harness compare --out)."""
+    from harness.comparison.compare import Comparison
+
+    return _read_record(
+        path, lambda p: Comparison.model_validate_json(p.read_text(encoding="utf-8")), "comparison.json"
+    )
 
 
 def model_options(**flags: str | bool) -> ModelOptions:

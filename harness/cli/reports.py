@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from harness.cli.options import EXIT_GATE_FAILED, JsonOption, console, read_json, read_run, user_errors
+from harness.cli.options import (
+    EXIT_GATE_FAILED,
+    JsonOption,
+    MlflowOption,
+    TrackingUriOption,
+    console,
+    read_comparison,
+    read_json,
+    read_run,
+    user_errors,
+)
 from harness.cli.tables import gate_table, headline_table, results_table
 from harness.core.errors import HarnessError
 from harness.core.record import RunResult
+
+log = logging.getLogger(__name__)
 
 
 @user_errors
@@ -26,12 +39,16 @@ def compare_command(
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     as_json: JsonOption = False,
+    mlflow: MlflowOption = False,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Paired comparison of runs per task and metric; writes Markdown, HTML and JSON reports."""
     from harness.comparison.compare import compare_runs
 
     comparison = compare_runs([read_run(path) for path in runs], seed, read_json(pairwise) if pairwise else None)
     _write_reports(comparison, out, [])
+    if mlflow:
+        log_comparison_to_mlflow(comparison, [], out, tracking_uri)
     if as_json:
         from harness.cli.summaries import comparison_summary, dumps
 
@@ -50,6 +67,8 @@ def gate_command(
     out: Annotated[Path, typer.Option(file_okay=False, help="Folder for the reports")] = Path("report"),
     seed: Annotated[int, typer.Option()] = 0,
     as_json: JsonOption = False,
+    mlflow: MlflowOption = False,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Exit 0 if the candidate passes every rule against the baseline, 1 if one fails, 2 if the rules are bad (a
     rule naming a task or metric the runs lack); writes JUnit and Markdown."""
@@ -64,6 +83,8 @@ def gate_command(
     _write_reports(comparison, out, outcomes)
     if junit:
         write_atomic(junit, render_junit(outcomes))
+    if mlflow:
+        log_comparison_to_mlflow(comparison, outcomes, out, tracking_uri)
     if as_json:
         from harness.cli.summaries import dumps, gate_summary
 
@@ -82,6 +103,42 @@ def export_opik_run(run_result: RunResult, project: str | None) -> None:
 
     summary = export_run(run_result, project)
     console.print(f"opik: {summary.items} items in experiments {', '.join(summary.experiments.values())}")
+
+
+def log_runs_to_mlflow(runs: list[tuple[RunResult, Path | None]], tracking_uri: str | None) -> None:
+    """Log runs (each with its results.json, when written) to MLflow and say where."""
+    from reports.mlflow_export import export_run
+    from reports.mlflow_export import tracking_uri as resolve
+
+    for run_result, path in runs:
+        mlflow_id = export_run(run_result, tracking_uri, results_path=path)
+        log.info("mlflow: run %s logged as %s at %s", run_result.run_id, mlflow_id, resolve(tracking_uri))
+
+
+def log_comparison_to_mlflow(comparison: Any, gate: Any, report_dir: Path, tracking_uri: str | None) -> None:
+    from reports.mlflow_export import export_comparison
+    from reports.mlflow_export import tracking_uri as resolve
+
+    files = [report_dir / name for name in ("report.md", "report.html", "junit.xml")]
+    ids = export_comparison(comparison, gate, tracking_uri, report_files=files)
+    log.info("mlflow: comparison logged as %s at %s", ", ".join(ids), resolve(tracking_uri))
+
+
+@export_app.command("mlflow")
+@user_errors
+def export_mlflow(
+    runs: Annotated[list[Path], typer.Argument(help="results.json files to log, one MLflow run each")],
+    comparison: Annotated[
+        Path | None, typer.Option(help="Also log a comparison: its folder (harness compare --out) or comparison.json")
+    ] = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Log runs (metrics, training curves, results.json) and optionally a comparison to MLflow."""
+    log_runs_to_mlflow([(read_run(path), path) for path in runs], tracking_uri)
+    if comparison is not None:
+        folder = comparison if comparison.is_dir() else comparison.parent
+        path = comparison / "comparison.json" if comparison.is_dir() else comparison
+        log_comparison_to_mlflow(read_comparison(path), [], folder, tracking_uri)
 
 
 @export_app.command("opik")

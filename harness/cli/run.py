@@ -17,8 +17,10 @@ from harness.cli.options import (
     JudgeModelOption,
     JudgeTimeoutOption,
     JudgeUrlOption,
+    MlflowOption,
     RubricsDirOption,
     TasksDirOption,
+    TrackingUriOption,
     console,
     endpoint_from_flags,
     err_console,
@@ -108,6 +110,8 @@ def run(
         str | None, typer.Option(help="Generation settings, e.g. temperature=0.7,top_p=0.9,max_new_tokens=64,stop=###")
     ] = None,
     opik: Annotated[bool, typer.Option(help="Also export each run to Opik (needs the opik extra and config)")] = False,
+    mlflow: MlflowOption = False,
+    tracking_uri: TrackingUriOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a model (and each --adapter over it) on tasks; write one RunResult per model."""
@@ -170,6 +174,10 @@ def run(
             from harness.cli.reports import export_opik_run
 
             export_opik_run(run_result, None)
+        if mlflow:
+            from harness.cli.reports import log_runs_to_mlflow
+
+            log_runs_to_mlflow([(run_result, results_path)], tracking_uri)
     judge_cache.close()
     if as_json and distributed.is_main():
         print(dumps({"runs": summaries}))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from harness.cli.options import EXIT_GATE_FAILED, TasksDirOption, console, err_console, user_errors
@@ -31,8 +31,7 @@ def train_command(
     tasks_dir: TasksDirOption = None,
 ) -> None:
     """Fine-tune a LoRA / QLoRA adapter; writes PEFT safetensors and manifest.json into --out."""
-    from adapters.config import load_train_config
-    from adapters.trainer import train
+    from harness.api import train
 
     overrides = {
         "model": model,
@@ -42,14 +41,14 @@ def train_command(
         "train_on_prompt": train_on_prompt,
         "skip_bad_rows": skip_bad_rows,
     }
-    train_config = load_train_config(config, overrides)
-    register_task_dirs(tasks_dir)
-    adapter_dir = train(train_config, data, out, eval_path=eval_data, resume=resume, console=err_console)
-    manifest = json.loads((adapter_dir / "manifest.json").read_text())
-    best = manifest["best_eval_loss"]
-    evaluated = f"best eval loss {best:.4f}" if best is not None else "no eval rows"
+    adapter = train(
+        data, out, config=config, eval_data=eval_data, resume=resume, tasks_dir=tasks_dir or [], console=err_console,
+        **overrides,
+    )  # fmt: skip
+    manifest = adapter.manifest
+    evaluated = f"best eval loss {adapter.best_eval_loss:.4f}" if adapter.best_eval_loss is not None else "no eval rows"
     console.print(
-        f"adapter: {adapter_dir}  steps {manifest['steps']}  {evaluated}"
+        f"adapter: {adapter.path}  steps {adapter.steps}  {evaluated}"
         f"  {manifest['tokens_per_second']:.0f} tok/s  {manifest['wall_seconds']:.1f} s"
     )
 
@@ -85,11 +84,18 @@ def data_check(
     from adapters.formats import load_examples
     from adapters.tokenize import tokenize_example
     from harness.backends.hf import ModelOptions, load_model
+    from harness.core.progress import progress
 
     register_task_dirs(tasks_dir)
     examples, _ = load_examples(file, data_format)  # type: ignore[arg-type]
     tokenizer = load_model(ModelOptions()).tokenizer
-    lengths = [len(tokenize_example(e, tokenizer, 10**9, train_on_prompt=True).input_ids) for e in examples]
+    lengths = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with progress(*columns, console=err_console) as bars:
+        bar = bars.add_task("tokenize rows", total=len(examples))
+        for example in examples:
+            lengths.append(len(tokenize_example(example, tokenizer, 10**9, train_on_prompt=True).input_ids))
+            bars.advance(bar)
     tasks = [name.strip() for name in against_tasks.split(",") if name.strip()]
     report = check_examples(examples, lengths, max_seq_len, tasks)
     table = Table("check", "rows", "lines", title=f"{file}: {report.n_rows} rows")

@@ -100,3 +100,4 @@ def test_data_check_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "check", str(write(tmp_path / "d.jsonl", rows)), "--strict"])
     assert result.exit_code == 1
     assert "exact duplicates" in result.output and "2 (1)" in result.output
+    assert "tokenize rows 2/2 (100%)" in result.output  # progress (log lines: not a terminal)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -52,6 +53,24 @@ def test_evaluate_compare_and_gate_as_functions(
     assert not outcome.passed and "max_drop_relative 10" in outcome.message  # a random adapter wrecks perplexity
     with pytest.raises(HarnessError, match="not in both runs"):
         harness.gate(comparison, api.GateRules(rules=[{"task": "nope", "metric": "perplexity", "min": 0}]))
+
+
+def test_train_then_evaluate_the_adapter_as_functions(
+    api_model: LoadedModel, task_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    rows = [{"instruction": f"Write the number {i} in words.", "output": w} for i, w in enumerate(["zero", "one"] * 4)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = {"quant": "none", "batch_size": 2, "lora_r": 4, "eval_fraction": 0.25, "packing": False}
+    with pytest.raises(HarnessError, match="lora_r"):
+        harness.train(data, tmp_path / "bad", max_steps=1, **{**settings, "lora_r": 0})
+    adapter = harness.train(data, tmp_path / "adapter", max_steps=2, eval_every=2, save_every=2, **settings)
+    assert adapter.steps == 2 and [p["step"] for p in adapter.manifest["loss_curve"]] == [1, 2]
+    assert adapter.best_eval_loss is not None and adapter.manifest["config"]["lora_r"] == 4
+    folder = task_dir("text", TEXT_ROWS, kind="perplexity", metrics=["perplexity"])
+    tuned = harness.evaluate(tasks=["text"], adapter=adapter.path, tasks_dir=[folder], cache=tmp_path / "c.sqlite")
+    assert tuned.spec.model.adapter_path == str(adapter.path.resolve())
+    assert tuned.spec.model.training is not None and tuned.spec.model.training["steps"] == 2
 
 
 def test_bad_input_raises_before_any_model_work(api_model: LoadedModel, tmp_path: Path) -> None:

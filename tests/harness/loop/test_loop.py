@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -87,7 +88,7 @@ def loop_setup(tmp_path: Path) -> dict[str, Path]:
     return {"suite": suite, "config": config, "data": data, "workdir": tmp_path / "loop"}
 
 
-def loop(setup: dict[str, Path]) -> tuple[str, dict]:
+def loop(setup: dict[str, Path], *extra: str) -> tuple[str, dict]:
     result = CliRunner().invoke(
         app,
         [
@@ -102,11 +103,20 @@ def loop(setup: dict[str, Path]) -> tuple[str, dict]:
             "local",
             "--workdir",
             str(setup["workdir"]),
+            *extra,
         ],
     )
     assert result.exit_code == 0, result.output
     history = [json.loads(line) for line in (setup["workdir"] / "history.jsonl").read_text().splitlines()]
     return " ".join(result.output.split()), history[-1]
+
+
+def mlflow_runs(uri: str) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("harness")
+    return {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
 
 
 def run_record(workdir: Path, run_id: str) -> dict:
@@ -115,7 +125,8 @@ def run_record(workdir: Path, run_id: str) -> dict:
 
 @pytest.mark.slow
 def test_loop_trains_reuses_and_retrains_only_what_changed(loop_setup: dict[str, Path]) -> None:
-    output, first = loop(loop_setup)
+    store = loop_setup["workdir"].parent / "mlruns" / "mlflow.db"
+    output, first = loop(loop_setup, "--mlflow", "--tracking-uri", f"sqlite:///{store}")
     assert first["training_steps"] == 2 and first["model_calls"] == 8  # (2 rewrite + 2 text) x base, tuned
     report = Path(first["report"])
     assert {"report.md", "report.html", "comparison.json", "junit.xml"} <= {p.name for p in report.iterdir()}
@@ -130,6 +141,9 @@ def test_loop_trains_reuses_and_retrains_only_what_changed(loop_setup: dict[str,
     assert "Forgetting" in (report / "report.md").read_text()
     log = loop_setup["workdir"] / "judge-server.log"
     assert log.is_file()
+    logged = mlflow_runs(f"sqlite:///{store}")  # base, tuned (with its training curve) and the comparison
+    assert {first["base_run"], first["tuned_run"]} <= set(logged) and len(logged) == 3
+    assert logged[first["tuned_run"]].data.metrics["train/loss"] > 0
 
     _, second = loop(loop_setup)
     assert second["training_steps"] == 0 and second["model_calls"] == 0
