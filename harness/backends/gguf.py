@@ -38,7 +38,7 @@ from harness.core.errors import HarnessError
 from harness.core.fingerprint import hash_file, hash_json
 from harness.core.record import ModelRunSpec
 from harness.core.registry import SampleStats
-from harness.core.taskspec import GenerationConfig, TaskSpec
+from harness.core.taskspec import GenerationConfig, TaskSpec, Windows
 
 GGUF_PREFIX = "gguf:"
 DEFAULT_CONTEXT = 2048
@@ -262,14 +262,14 @@ class GGUFBackend:
         return results
 
     def loglikelihood_rolling(
-        self, texts: Sequence[str], max_length: int, stride: int, batch_size: int
+        self, texts: Sequence[str], max_length: int, stride: int, batch_size: int, windows: Windows = "strided"
     ) -> Callable[[], list[Rolling]]:
         results: list[Rolling] = []
         with torch.inference_mode():
             for text in texts:
                 tokens = self._prompt_tokens(text)
                 nll, count = 0.0, 0
-                for window in rolling_windows(tokens, max_length, stride):
+                for window in rolling_windows(tokens, max_length, stride, scheme=windows):
                     logprobs, _ = self._scored(window.input_ids, window.score_from)
                     nll -= sum(logprobs)
                     count += len(logprobs)

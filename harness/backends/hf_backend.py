@@ -12,7 +12,7 @@ from harness.backends import hf_loglikelihood, hf_requests
 from harness.backends.hf import LoadedModel
 from harness.backends.protocol import Continuation, Generation, Prompt, Rolling
 from harness.core.record import ModelRunSpec
-from harness.core.taskspec import GenerationConfig, TaskSpec
+from harness.core.taskspec import GenerationConfig, TaskSpec, Windows
 
 
 def _training_manifest(adapter_dir: Path) -> dict[str, Any] | None:
@@ -74,7 +74,7 @@ class HFBackend:
         return list(hf_loglikelihood.loglikelihood(self.loaded, pairs, batch_size))
 
     def loglikelihood_rolling(
-        self, texts: Sequence[str], max_length: int, stride: int, batch_size: int
+        self, texts: Sequence[str], max_length: int, stride: int, batch_size: int, windows: Windows = "strided"
     ) -> Callable[[], list[Rolling]]:
-        pending = hf_requests.queue_rolling(self.loaded, texts, max_length, stride, batch_size)
+        pending = hf_requests.queue_rolling(self.loaded, texts, max_length, stride, batch_size, windows)
         return lambda: list(pending())

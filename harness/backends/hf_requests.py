@@ -15,7 +15,7 @@ import torch
 
 from harness.backends.hf import LoadedModel
 from harness.core.registry import SampleStats
-from harness.core.taskspec import GenerationConfig
+from harness.core.taskspec import GenerationConfig, Windows
 from harness.kernels import cudnn_attention
 from harness.kernels.attention import flex_kwargs
 from harness.kernels.headloss import output_head, token_nll
@@ -30,9 +30,14 @@ class Window:
     score_from: int
 
 
-def rolling_windows(token_ids: Sequence[int], max_length: int, stride: int, text_index: int = 0) -> list[Window]:
+def rolling_windows(
+    token_ids: Sequence[int], max_length: int, stride: int, text_index: int = 0, scheme: Windows = "strided"
+) -> list[Window]:
     """Overlapping windows of at most `max_length` tokens, advancing by `stride`; each token is scored once,
-    with as much left context as its window gives. Token 0 (BOS) is context only."""
+    with as much left context as its window gives. Token 0 (BOS) is context only. `scheme="lm_eval"`:
+    lm_eval_windows instead."""
+    if scheme == "lm_eval":
+        return lm_eval_windows(token_ids, max_length, text_index)
     windows: list[Window] = []
     scored_until = 1
     begin = 0
@@ -42,6 +47,22 @@ def rolling_windows(token_ids: Sequence[int], max_length: int, stride: int, text
         windows.append(Window(text_index, list(token_ids[begin:end]), scored_until - begin))
         scored_until = end
         begin += stride
+    return windows
+
+
+def lm_eval_windows(token_ids: Sequence[int], max_length: int, text_index: int = 0) -> list[Window]:
+    """lm-evaluation-harness's rolling windows (loglikelihood_rolling): blocks of `max_length` scored tokens, each
+    seeing only the token before it and its own block; the last, shorter block keeps up to `max_length` tokens of
+    context. A window holds the model's input and its last target, so up to max_length + 1 tokens. Token 0 (BOS)
+    is context only."""
+    windows: list[Window] = []
+    scored, total = 0, len(token_ids) - 1  # targets: every token after BOS
+    while scored < total:
+        count = min(total - scored, max_length)
+        end = scored + count + 1  # one past this block's last target
+        begin = max(end - max_length - 1, 0)
+        windows.append(Window(text_index, list(token_ids[begin:end]), scored + 1 - begin))
+        scored += count
     return windows
 
 
@@ -134,21 +155,31 @@ def encode_for_scoring(loaded: LoadedModel, texts: Sequence[str]) -> list[list[i
 
 
 def loglikelihood_rolling(
-    loaded: LoadedModel, texts: Sequence[str], max_length: int, stride: int, batch_size: int
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    max_length: int,
+    stride: int,
+    batch_size: int,
+    windows: Windows = "strided",
 ) -> list[SampleStats]:
     """Summed NLL over all tokens of each text (rolling windows past `max_length`), length-sorted batches."""
-    return queue_rolling(loaded, texts, max_length, stride, batch_size)()
+    return queue_rolling(loaded, texts, max_length, stride, batch_size, windows)()
 
 
 def queue_rolling(
-    loaded: LoadedModel, texts: Sequence[str], max_length: int, stride: int, batch_size: int
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    max_length: int,
+    stride: int,
+    batch_size: int,
+    scheme: Windows = "strided",
 ) -> Callable[[], list[SampleStats]]:
     """loglikelihood_rolling in two halves: this queues every batch on the device and returns a function that
     waits for the results, so that the caller can prepare (and queue) more work while the device computes."""
     windows = [
         window
         for index, token_ids in enumerate(encode_for_scoring(loaded, texts))
-        for window in rolling_windows(token_ids, max_length, stride, index)
+        for window in rolling_windows(token_ids, max_length, stride, index, scheme)
     ]
     windows.sort(key=lambda w: len(w.input_ids), reverse=True)
     pad_id, device, compile_ = loaded.tokenizer.pad_token_id, loaded.device, loaded.options.compile

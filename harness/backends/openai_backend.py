@@ -36,7 +36,7 @@ from harness.core.errors import HarnessError
 from harness.core.fingerprint import hash_json
 from harness.core.record import ModelRunSpec
 from harness.core.registry import SampleStats
-from harness.core.taskspec import GenerationConfig, TaskSpec
+from harness.core.taskspec import GenerationConfig, TaskSpec, Windows
 
 OPENAI_PREFIX = "openai:"
 SCORING_KINDS = ("perplexity", "multiple_choice", "loglikelihood")
@@ -229,7 +229,7 @@ class OpenAIBackend:
         return SampleStats(nll=-sum(scored), tokens=len(scored), bytes=len(text.encode("utf-8")))
 
     def loglikelihood_rolling(
-        self, texts: Sequence[str], max_length: int, stride: int, batch_size: int
+        self, texts: Sequence[str], max_length: int, stride: int, batch_size: int, windows: Windows = "strided"
     ) -> Callable[[], list[Rolling]]:
         return ready(self._gather(lambda client: [self._rolling(client, text) for text in texts]))
 

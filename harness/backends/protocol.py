@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 from harness.core.errors import HarnessError
 from harness.core.record import ModelRunSpec
 from harness.core.registry import SampleStats
-from harness.core.taskspec import GenerationConfig, TaskSpec
+from harness.core.taskspec import GenerationConfig, TaskSpec, Windows
 
 T = TypeVar("T")
 
@@ -97,10 +97,10 @@ class Backend(Protocol):
         ...
 
     def loglikelihood_rolling(
-        self, texts: Sequence[str], max_length: int, stride: int, batch_size: int
+        self, texts: Sequence[str], max_length: int, stride: int, batch_size: int, windows: Windows = "strided"
     ) -> Callable[[], list[Rolling]]:
         """Queue the texts' log-likelihoods and return a function that waits for them (a GPU backend keeps
-        working while the caller prepares the next batch)."""
+        working while the caller prepares the next batch). `windows`: see PerplexityConfig."""
         ...
 
 

@@ -93,19 +93,36 @@ class JudgeConfig(BaseModel):
     style_examples: list[str] = Field(default_factory=list)
 
 
+Windows = Literal["strided", "lm_eval"]
+
+
 class PerplexityConfig(BaseModel):
-    """Rolling-window settings: windows of `max_length` tokens advancing by `stride`."""
+    """Rolling-window settings. `strided` (the default): windows of `max_length` tokens advancing by `stride`, each
+    token scored once with as much left context as its window gives. `lm_eval`: lm-evaluation-harness's
+    loglikelihood_rolling, blocks of `max_length` scored tokens that see only their own block, the last block with
+    up to `max_length` tokens of context (stride does not apply); it reproduces lm-evaluation-harness's numbers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_length: int = Field(1024, gt=1)
     stride: int = Field(512, gt=0)
+    windows: Windows = "strided"
 
     @model_validator(mode="after")
     def _stride_fits(self) -> PerplexityConfig:
         if self.stride > self.max_length:
             raise FieldError("stride", "stride must not exceed max_length")
+        if self.windows == "lm_eval" and "stride" in self.model_fields_set:
+            raise FieldError("stride", "lm_eval windows do not stride: remove stride, or use windows: strided")
         return self
+
+    def identity(self) -> dict[str, Any]:
+        """What these settings mean for a score (the default windows, added later, are left out: older results
+        keep their cache keys and fingerprints)."""
+        dump = self.model_dump(mode="json")
+        if self.windows == "strided":
+            del dump["windows"]
+        return dump
 
 
 def _expand_shorthand(value: Any, key: str) -> Any:
@@ -252,7 +269,8 @@ class TaskSpec(BaseModel):
     def fingerprint(self, data_fingerprint: str) -> str:
         """Task identity: data content, template, metric config, decoding settings, version."""
         excluded = {"description", "data", "fewshot_data"} | ({"split"} if self.split is None else set())
-        return hash_json({"spec": self.model_dump(mode="json", exclude=excluded), "data": data_fingerprint})
+        spec = self.model_dump(mode="json", exclude=excluded) | {"perplexity": self.perplexity.identity()}
+        return hash_json({"spec": spec, "data": data_fingerprint})
 
 
 class GroupSpec(BaseModel):

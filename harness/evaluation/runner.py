@@ -135,7 +135,7 @@ def _cache_key(backend: Backend, task: PreparedTask, model_input: ModelRequest) 
     spec = task.spec
     settings = {
         "generate": spec.generation.model_dump(),
-        "perplexity": spec.perplexity.model_dump(),
+        "perplexity": spec.perplexity.identity(),
     }.get(spec.kind, {})
     return ResultCache.key(
         model=backend.fingerprint,
@@ -183,7 +183,10 @@ def _launch_batch(
     if spec.kind == "generate":
         outputs = backend.generate(prompts, spec.generation)
         return lambda: [{"error": o.reason} if isinstance(o, RequestError) else {"output": o} for o in outputs]
-    pending = backend.loglikelihood_rolling(requests, spec.perplexity.max_length, spec.perplexity.stride, batch_size)
+    windows = spec.perplexity
+    pending = backend.loglikelihood_rolling(
+        requests, windows.max_length, windows.stride, batch_size, windows=windows.windows
+    )
     return lambda: [
         {"error": s.reason} if isinstance(s, RequestError) else {"nll": s.nll, "tokens": s.tokens, "bytes": s.bytes}
         for s in pending()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
 from harness.backends.hf import LoadedModel
-from harness.backends.hf_requests import encode_for_scoring, loglikelihood_rolling, rolling_windows
+from harness.backends.hf_requests import encode_for_scoring, lm_eval_windows, loglikelihood_rolling, rolling_windows
+
+# lm-evaluation-harness 0.4.13's own windows (lm_eval.utils.get_rolling_token_windows + make_disjoint_window,
+# prefix token -1, context_len 1 as its HFLM uses them) for texts of tokens 0..length-1.
+LM_EVAL_WINDOWS = json.loads((Path(__file__).parents[2] / "fixtures" / "lm_eval" / "rolling_windows.json").read_text())
 
 TEXTS = [
     "The kettle clicked off just as the rain began.",
@@ -83,6 +89,40 @@ def test_rolling_windows_score_every_token_once(n_tokens: int, max_length: int, 
     scored = [w.input_ids[p] for w in windows for p in range(w.score_from, len(w.input_ids))]
     assert scored == token_ids[1:]
     assert all(len(w.input_ids) <= max_length and w.score_from >= 1 for w in windows)
+
+
+@pytest.mark.parametrize("case", LM_EVAL_WINDOWS, ids=lambda c: f"{c['length']}-{c['max_length']}")
+def test_lm_eval_windows_are_lm_evaluation_harness_windows(case: dict) -> None:
+    token_ids = [-1, *range(case["length"])]  # BOS, then the text's tokens
+    windows = lm_eval_windows(token_ids, case["max_length"])
+    assert [[w.input_ids[: w.score_from], w.input_ids[w.score_from :]] for w in windows] == case["windows"]
+    assert all(len(w.input_ids) - 1 <= case["max_length"] for w in windows)  # the model's input fits
+
+
+@torch.inference_mode()
+def test_lm_eval_windows_score_as_plain_pytorch_and_differ_from_strided(gemma: LoadedModel) -> None:
+    text = " ".join(TEXTS)
+    token_ids = encode_for_scoring(gemma, [text])[0]
+    (ours,) = loglikelihood_rolling(gemma, [text], max_length=48, stride=48, batch_size=4, windows="lm_eval")
+    reference = 0.0
+    for window in lm_eval_windows(token_ids, 48):  # each window's model input alone, full logits
+        ids = torch.tensor([window.input_ids])
+        logits = gemma.model(input_ids=ids[:, :-1]).logits[0].double()
+        losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+        reference += float(losses[window.score_from - 1 :].sum())
+    assert ours.tokens == len(token_ids) - 1
+    assert ours.nll == pytest.approx(reference, rel=1e-5)
+    (strided,) = loglikelihood_rolling(gemma, [text], max_length=48, stride=48, batch_size=4)
+    assert strided.tokens == ours.tokens and strided.nll != pytest.approx(ours.nll, rel=1e-4)
+
+
+def test_lm_eval_windows_take_no_stride() -> None:
+    from harness.core.taskspec import PerplexityConfig
+
+    assert PerplexityConfig(windows="lm_eval").identity()["windows"] == "lm_eval"
+    assert "windows" not in PerplexityConfig().identity()  # older results keep their keys
+    with pytest.raises(ValueError, match="lm_eval windows do not stride"):
+        PerplexityConfig(windows="lm_eval", stride=128)
 
 
 @pytest.mark.slow
