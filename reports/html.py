@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.comparison.compare import Comparison, MetricComparison, RunComparison, TaskComparison
 from harness.comparison.gate import RuleOutcome
-from reports.markdown import format_number, format_p_value, significance_marker
+from reports.markdown import data_findings, format_number, format_p_value, significance_marker
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -206,7 +206,10 @@ def render_html(
         )
         gate_html = f"<h2>Gate: {'passed' if all(o.passed for o in gate) else 'failed'}</h2><ul>{items}</ul>"
     sections = "".join(_comparison_section(i, c, comparison.forgetting) for i, c in enumerate(comparison.comparisons))
-    training = loss_chart(comparison.training) if comparison.training else ""
+    training = ""
+    if comparison.training:
+        findings = "".join(f"<li>{escape(line)}</li>" for line in data_findings(comparison.training))
+        training = f"<h2>Training data</h2><ul>{findings}</ul>{loss_chart(comparison.training)}"
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>'
         f"<style>{STYLE}</style></head><body><h1>Evaluation report</h1>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from typing import Any
 
 from harness.comparison.compare import Comparison, Flip, MetricComparison, RunComparison, TaskComparison
 from harness.comparison.gate import RuleOutcome
@@ -108,9 +109,33 @@ def gate_summary(outcomes: Sequence[RuleOutcome]) -> str:
     return "\n".join(lines)
 
 
+def data_findings(training: dict[str, Any]) -> list[str]:
+    """What the training data checks found and what was done about it, from an adapter's manifest."""
+    found = training.get("data_report", {})
+    config = training.get("config", {})
+    duplicates = "dropped" if config.get("drop_duplicates", True) else "kept"
+    leaked = "dropped" if config.get("drop_leaked", True) else "kept"
+    checks = [
+        ("exact_duplicates", f"exact duplicate {{rows}} ({duplicates})"),
+        ("normalized_duplicates", f"near-duplicate {{rows}} ({duplicates})"),
+        ("leaked", f"{{rows}} leaked into eval tasks ({leaked})"),
+        ("over_long", f"{{rows}} over max_seq_len {config.get('max_seq_len', '?')} (truncated)"),
+        ("skipped_bad_rows", "malformed {rows} (skipped)"),
+    ]
+    findings = [
+        f"{found[key]} " + what.format(rows="row" if found[key] == 1 else "rows")
+        for key, what in checks
+        if found.get(key)
+    ]
+    rows = f"{training.get('train_rows', '?')} training and {training.get('eval_rows', '?')} eval rows"
+    return [rows, *(findings or ["no duplicate, leaked, over-long or malformed rows"])]
+
+
 def render_markdown(comparison: Comparison, gate: Sequence[RuleOutcome] = ()) -> str:
     """The report; detail sections are dropped (and said so) once the text would pass 60k characters."""
     parts = [headline(c, comparison.forgetting) for c in comparison.comparisons]
+    if comparison.training:
+        parts.append("**Training data:** " + "; ".join(data_findings(comparison.training)))
     if gate:
         parts.insert(0, gate_summary(gate))
     details = []

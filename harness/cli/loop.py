@@ -57,6 +57,10 @@ def loop_command(
         raise HarnessError("training data not found", path=data, field="--data")
     outcome = run_loop(options, err_console)
     console.print(headline_table(outcome.comparison))
+    if outcome.comparison.training:
+        from harness.cli.train import print_data_findings
+
+        print_data_findings(outcome.comparison.training)
     console.print(
         f"training steps: {outcome.training_steps}   model calls: {outcome.model_calls}   "
         f"judge calls: {outcome.judge_calls}"

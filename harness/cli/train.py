@@ -51,6 +51,14 @@ def train_command(
         f"adapter: {adapter.path}  steps {adapter.steps}  {evaluated}"
         f"  {manifest['tokens_per_second']:.0f} tok/s  {manifest['wall_seconds']:.1f} s"
     )
+    print_data_findings(manifest)
+
+
+def print_data_findings(manifest: dict) -> None:
+    """What the data checks found and did (duplicates, leakage, over-long and bad rows), where people look."""
+    from reports.markdown import data_findings
+
+    console.print("training data: " + "; ".join(data_findings(manifest)), highlight=False)
 
 
 @user_errors

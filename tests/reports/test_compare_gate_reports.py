@@ -296,3 +296,22 @@ def test_json_output_of_run_compare_and_gate_is_one_parseable_document(
     assert gated.exit_code == 1
     verdict = json.loads(gated.stdout)
     assert verdict["passed"] is False and any(not rule["passed"] for rule in verdict["rules"])
+
+
+def test_data_findings_say_what_the_checks_found_and_did() -> None:
+    from reports.markdown import data_findings
+
+    manifest = {
+        "train_rows": 9,
+        "eval_rows": 3,
+        "config": {"drop_duplicates": True, "drop_leaked": False, "max_seq_len": 256},
+        "data_report": {"exact_duplicates": 6, "normalized_duplicates": 0, "over_long": 1, "leaked": 2},
+    }
+    assert data_findings(manifest) == [
+        "9 training and 3 eval rows",
+        "6 exact duplicate rows (dropped)",
+        "2 rows leaked into eval tasks (kept)",
+        "1 row over max_seq_len 256 (truncated)",
+    ]
+    clean = {**manifest, "data_report": {}}
+    assert data_findings(clean)[1] == "no duplicate, leaked, over-long or malformed rows"

@@ -139,6 +139,7 @@ def test_loop_trains_reuses_and_retrains_only_what_changed(loop_setup: dict[str,
         == 2
     )
     assert "Forgetting" in (report / "report.md").read_text()
+    assert "training data: " in output and "**Training data:**" in (report / "report.md").read_text()
     log = loop_setup["workdir"] / "judge-server.log"
     assert log.is_file()
     logged = mlflow_runs(f"sqlite:///{store}")  # base, tuned (with its training curve) and the comparison
