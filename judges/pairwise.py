@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from harness.core.errors import HarnessError
 from harness.core.progress import progress as progress_for
@@ -99,8 +99,7 @@ def pairwise_runs(
 ) -> PairwiseResult:
     """Judge every generated sample the two runs share (matched by task and id), both orders; progress on
     `console` (stderr by default)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with progress_for(*columns, console=console or Console(stderr=True)) as progress:
+    with progress_for(console=console or Console(stderr=True)) as progress:
         return _pairwise_runs(run_a, run_b, rubric, client, progress)
 
 

@@ -36,6 +36,11 @@ def tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
 
 
+def _local_store(uri: str) -> Path | None:
+    """The database file of a local SQLite store, else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def metric_key(*parts: str) -> str:
     """An MLflow metric name: letters, digits and `_-. /` only (a judge's `judge:x` becomes `judge_x`)."""
     return "/".join(re.sub(r"[^A-Za-z0-9_\-. ]", "_", part) for part in parts)
@@ -49,8 +54,9 @@ def _client(uri: str | None) -> tuple[Any, str]:
             "MLflow logging needs the mlflow extra", field="--mlflow", hint="pip install 'harness[mlflow]'"
         ) from None
     resolved = tracking_uri(uri)
-    if resolved.startswith("sqlite:///"):
-        Path(resolved.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    store = _local_store(resolved)
+    if store is not None:
+        store.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=resolved), resolved
 
 
@@ -58,9 +64,8 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
-    artifacts = None
-    if uri.startswith("sqlite:///"):  # artifacts beside the local database, not in the working folder
-        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    store = _local_store(uri)  # a local store keeps its artifacts beside its database, not in the working folder
+    artifacts = (store.parent / "artifacts").as_uri() if store is not None else None
     return str(client.create_experiment(name, artifact_location=artifacts))
 
 

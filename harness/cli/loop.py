@@ -93,11 +93,11 @@ def history_command(
 
     entries = read_history(workdir)
     if html is not None:
-        write_history_page(workdir, runs or [], html)
-    if not entries:
-        if html is not None:
-            return
+        write_history_page(entries, workdir, runs or [], html)
+    if not entries and html is None:
         raise HarnessError("no loop runs recorded yet", path=workdir / "history.jsonl")
+    if not entries:
+        return
     keys = list(entries[-1]["headline"])[:4]
     table = Table("loop run", "data", "fingerprint", "steps", "model calls", "gate", *keys)
     for entry in entries:
@@ -125,7 +125,7 @@ def _log_loop_to_mlflow(outcome: Any, workdir: Path, tracking_uri: str | None) -
     log_comparison_to_mlflow(outcome.comparison, outcome.gate, outcome.report_dir, tracking_uri)
 
 
-def write_history_page(workdir: Path, runs_dirs: list[Path], page: Path) -> None:
+def write_history_page(entries: list[dict[str, Any]], workdir: Path, runs_dirs: list[Path], page: Path) -> None:
     from harness.core.record import write_atomic
     from harness.loop.history import history_runs
     from reports import render_history
@@ -133,7 +133,7 @@ def write_history_page(workdir: Path, runs_dirs: list[Path], page: Path) -> None
     for folder in runs_dirs:
         if not folder.is_dir():
             raise HarnessError("not a folder of runs", path=folder, field="--runs")
-    shown = history_runs(workdir, runs_dirs, page)
+    shown = history_runs(entries, workdir, runs_dirs, page)
     if not shown:
         raise HarnessError(
             "no runs to show: no loop history here and no results.json under --runs", path=workdir / "history.jsonl"

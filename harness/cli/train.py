@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from harness.cli.options import EXIT_GATE_FAILED, TasksDirOption, console, err_console, user_errors
@@ -98,8 +97,7 @@ def data_check(
     examples, _ = load_examples(file, data_format)  # type: ignore[arg-type]
     tokenizer = load_model(ModelOptions()).tokenizer
     lengths = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with progress(*columns, console=err_console) as bars:
+    with progress(console=err_console) as bars:
         bar = bars.add_task("tokenize rows", total=len(examples))
         for example in examples:
             lengths.append(len(tokenize_example(example, tokenizer, 10**9, train_on_prompt=True).input_ids))

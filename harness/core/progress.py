@@ -9,7 +9,15 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress, ProgressColumn, TaskID
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 LOG_INTERVAL = 30.0  # seconds between a task's log lines
 _enabled = True  # off under the CLI's -q
@@ -68,8 +76,15 @@ class LogProgress(Progress):
         self._log(task_id, force=self._tasks[task_id].finished)
 
 
+def counted_columns() -> tuple[ProgressColumn, ...]:
+    """The usual columns: the task's name, a bar, done of total, and the time left."""
+    return TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+
+
 def progress(*columns: str | ProgressColumn, console: Console, disable: bool = False) -> Progress:
-    """Live bars on a terminal, periodic log lines elsewhere; nothing when progress is switched off."""
+    """Live bars on a terminal, periodic log lines elsewhere; nothing when progress is switched off. Without
+    columns, counted_columns()."""
+    columns = columns or counted_columns()
     disable = disable or not _enabled
     if console.is_terminal:
         return Progress(*columns, console=console, disable=disable)

@@ -19,7 +19,7 @@ from importlib.metadata import version
 from typing import Any, Protocol, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from harness.backends import distributed
 from harness.backends.protocol import Backend, ContinuationScore, Prompt, RequestError, check_tasks
@@ -392,9 +392,8 @@ def evaluate(
     cache."""
     check_tasks(backend, [task.spec for task in tasks])
     started = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     results = {}
-    with progress_for(*columns, console=console or Console(stderr=True), disable=not distributed.is_main()) as progress:
+    with progress_for(console=console or Console(stderr=True), disable=not distributed.is_main()) as progress:
         for task in tasks:
             inputs, outputs, cached = _model_outputs(backend, task, cache, options, progress)
             results[task.spec.name] = _score_task(task, inputs, outputs, cached, options, progress)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from harness.comparison.compare import run_label
 from harness.core.errors import HarnessError
 from harness.core.record import RunResult, write_atomic
 from reports.history_html import HistoryRun
@@ -41,18 +42,13 @@ def _link(target: Path, page: Path) -> str:
     return os.path.relpath(target.resolve(), page.resolve().parent)
 
 
-def _model_series(run: RunResult) -> str:
-    adapter = run.spec.model.adapter_path
-    return run.spec.model.name + (f" + {Path(adapter).name}" if adapter else "")
-
-
-def history_runs(workdir: Path, runs_dirs: list[Path], page: Path) -> list[HistoryRun]:
-    """Every run to show on the history page: the loop's base and tuned runs (series "base" / "tuned", linking the
-    loop run's report) and every results.json under `runs_dirs` (a series per model and adapter, linking the
-    file). Links are relative to `page`."""
+def history_runs(entries: list[dict[str, Any]], workdir: Path, runs_dirs: list[Path], page: Path) -> list[HistoryRun]:
+    """Every run to show on the history page: the base and tuned runs of the loop's history `entries` (series
+    "base" / "tuned", linking the loop run's report) and every results.json under `runs_dirs` (a series per model
+    and adapter, linking the file). Links are relative to `page`."""
     shown: list[HistoryRun] = []
     seen: set[Path] = set()
-    for entry in read_history(workdir):
+    for entry in entries:
         report = Path(entry["report"]) / "report.html"
         for series, key in (("base", "base_run"), ("tuned", "tuned_run")):
             path = workdir / "runs" / entry[key] / "results.json"
@@ -64,5 +60,5 @@ def history_runs(workdir: Path, runs_dirs: list[Path], page: Path) -> list[Histo
             if path.resolve() not in seen:
                 seen.add(path.resolve())
                 run = RunResult.read(path)
-                shown.append(HistoryRun(run, _model_series(run), _link(path, page)))
+                shown.append(HistoryRun(run, run_label(run), _link(path, page)))
     return shown

@@ -125,11 +125,18 @@ def test_csv_errors_name_the_line_a_record_starts_on(tmp_path: Path) -> None:
     assert [(row.line, row.values["id"]) for row in read_rows(path)] == [(2, "a"), (5, "b")]
 
 
-def test_a_saved_dataset_dict_needs_its_split_named(tmp_path: Path) -> None:
+@pytest.fixture
+def saved_splits(tmp_path: Path) -> Path:
+    """A saved DatasetDict folder: train (both rows) and test (the first)."""
     folder = tmp_path / "saved"
     datasets.DatasetDict(
         {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}
     ).save_to_disk(folder)
+    return folder
+
+
+def test_a_saved_dataset_dict_needs_its_split_named(saved_splits: Path, tmp_path: Path) -> None:
+    folder = saved_splits
     with pytest.raises(HarnessError, match=r"saved: field 'split': the saved dataset has splits train, test: name one"):
         read_rows(folder)
     with pytest.raises(HarnessError, match=r"no split 'dev' \(the saved dataset has train, test\)"):
@@ -140,13 +147,10 @@ def test_a_saved_dataset_dict_needs_its_split_named(tmp_path: Path) -> None:
         read_rows(tmp_path / "rows.csv", split="test")
 
 
-def test_a_saved_folder_split_drives_samples_and_fewshot_and_the_fingerprint(tmp_path: Path) -> None:
+def test_a_saved_folder_split_drives_samples_and_fewshot_and_the_fingerprint(saved_splits: Path) -> None:
     from harness.core.samples import load_samples
 
-    folder = tmp_path / "saved"
-    datasets.DatasetDict(
-        {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}
-    ).save_to_disk(folder)
+    folder = saved_splits
     spec = spec_for(folder, split="test", num_fewshot=1, fewshot_split="train", fewshot_sampler="first_n")
     samples, _ = load_samples(spec)
     assert [s.prompt for s in samples] == ["Q: Q1?\nA: x\n\nQ: Q1?\nA:"]  # the test row, after train's first
